@@ -1,0 +1,1 @@
+"""Runner integration (the calibration hook lands with the pipeline issue)."""

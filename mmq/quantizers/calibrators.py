@@ -1,0 +1,113 @@
+"""Calibrators: algorithms that choose a quantizer's parameters from data.
+
+Each is called as ``calibrator(quantizer, x, objective=None)`` and returns the search's loss
+(or ``None``). ``objective`` (see :mod:`mmq.quantizers.objectives`) lets FPCS score
+candidates by the layer output; MinMax and percentile ignore it.
+"""
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from mmq.registry import CALIBRATORS
+from .fpcs import LogSchedule, UniformSchedule, fpcs_log, fpcs_uniform
+from .log_quantizer import LogQuantizer
+from .objectives import Objective
+from .uniform import minmax_params, percentile_params, quantile_rows
+from .uniform_quantizer import UniformQuantizer
+from .validation import check_finite
+
+
+def _unsupported(calibrator, quantizer):
+    return TypeError(f'{type(calibrator).__name__} cannot calibrate '
+                     f'{type(quantizer).__name__}: expected UniformQuantizer or LogQuantizer.')
+
+
+@CALIBRATORS.register_module()
+class MinMaxCalibrator:
+    """The full observed range (uniform), or the maximum as the log scale."""
+
+    def __call__(self, quantizer, x: Tensor, objective: Optional[Objective] = None) -> None:
+        check_finite(x)
+        if isinstance(quantizer, UniformQuantizer):
+            scale, zp = minmax_params(x, quantizer.bits, quantizer.ch_axis)
+            if quantizer.fixed_zero_point is not None:
+                scale, zp = minmax_params(x.clamp_min(0), quantizer.bits, quantizer.ch_axis)
+            quantizer.set_params(scale, zp)
+        elif isinstance(quantizer, LogQuantizer):
+            scale = quantizer.fixed_scale or float((x + quantizer.shift).max().clamp_min(1e-8))
+            quantizer.set_params(int(quantizer.q), scale)
+        else:
+            raise _unsupported(self, quantizer)
+
+
+@CALIBRATORS.register_module()
+class PercentileCalibrator:
+    """Clip to the ``lower`` / ``upper`` quantiles (uniform), or the ``upper`` quantile as the
+    log scale.
+
+    Args:
+        lower (float): Lower quantile in [0, 1].
+        upper (float): Upper quantile in [0, 1].
+    """
+
+    def __init__(self, lower: float = 0.0001, upper: float = 0.9999) -> None:
+        if not 0.0 <= lower < upper <= 1.0:
+            raise ValueError(f'need 0 <= lower < upper <= 1, got lower={lower}, upper={upper}.')
+        self.lower, self.upper = lower, upper
+
+    def __call__(self, quantizer, x: Tensor, objective: Optional[Objective] = None) -> None:
+        check_finite(x)
+        if isinstance(quantizer, UniformQuantizer):
+            lower = 0.0 if quantizer.fixed_zero_point is not None else self.lower
+            scale, zp = percentile_params(x, quantizer.bits, quantizer.ch_axis, lower,
+                                          self.upper)
+            quantizer.set_params(scale, zp)
+        elif isinstance(quantizer, LogQuantizer):
+            if quantizer.fixed_scale is not None:
+                scale = quantizer.fixed_scale
+            else:
+                rows = (x.detach() + quantizer.shift).reshape(1, -1)
+                scale = float(quantile_rows(rows, torch.tensor([self.upper])).clamp_min(1e-8))
+            quantizer.set_params(int(quantizer.q), scale)
+        else:
+            raise _unsupported(self, quantizer)
+
+
+@CALIBRATORS.register_module()
+class FPCSCalibrator:
+    """FPCS beam search (see :mod:`mmq.quantizers.fpcs`).
+
+    Args:
+        role (str): ``'weight'`` or ``'activation'``: how many zero points the uniform
+            search starts with.
+        uniform_schedule (dict, optional): Overrides of :class:`UniformSchedule`.
+        log_schedule (dict, optional): Overrides of :class:`LogSchedule`.
+        budget (int): Float elements scored at once (bounds memory).
+    """
+
+    def __init__(self,
+                 role: str = 'activation',
+                 uniform_schedule: Optional[dict] = None,
+                 log_schedule: Optional[dict] = None,
+                 budget: int = 2**24) -> None:
+        if role not in ('weight', 'activation'):
+            raise ValueError(f"role={role!r} must be 'weight' or 'activation'.")
+        self.role = role
+        self.uniform_schedule = UniformSchedule(**(uniform_schedule or {}))
+        self.log_schedule = LogSchedule(**(log_schedule or {}))
+        self.budget = budget
+
+    def __call__(self, quantizer, x: Tensor, objective: Optional[Objective] = None) -> float:
+        if isinstance(quantizer, UniformQuantizer):
+            result = fpcs_uniform(x, quantizer.bits, quantizer.ch_axis, objective, self.role,
+                                  quantizer.fixed_zero_point, self.uniform_schedule, self.budget)
+            quantizer.set_from_groups(x, result.params[:, 0], result.params[:, 1])
+        elif isinstance(quantizer, LogQuantizer):
+            result = fpcs_log(x, quantizer.bits, torch.tensor(quantizer.bases), quantizer.r,
+                              objective, quantizer.shift, quantizer.fixed_scale,
+                              quantizer.dequant == 'table', self.log_schedule, self.budget)
+            quantizer.set_params(int(result.params[0, 0]), float(result.params[0, 1]))
+        else:
+            raise _unsupported(self, quantizer)
+        return float(result.loss.mean())

@@ -1,0 +1,135 @@
+"""Logarithmic quantization with base ``2^(q/r)`` as pure tensor functions.
+
+AdaLog uses ``r = 37`` and an integer ``q`` in ``[10, 137]`` (``q = 37`` is base 2); the fixed
+baselines are log2 (``q = r = 1``) and log-sqrt2 (``q = 1, r = 2``). For ``b`` bits and scale
+``s``::
+
+    x_t = clamp(x / s, 1e-15, 1)
+    k   = round(-log2(x_t) * r / q)      # integer code
+    m   = k < 2^b                        # codes past the range dequantize to exactly 0
+    k   = clamp(k, 0, 2^b - 1)
+
+Two dequantization paths: the exact one ``s * 2^(-k q / r) * m`` (differentiable with
+straight-through rounding) and the integer-table one a deployed kernel computes,
+``s * 2^(-T1[k]) * T2[k] * m`` with ``T1[i] = floor(i q / r)`` (a right shift) and a mantissa
+table ``T2`` quantized to steps of ``1 / (2^(b+1) - 2)``. The two differ by at most half a
+mantissa step times ``s * 2^(-T1[k])``.
+"""
+from typing import Tuple, Union
+
+import torch
+from torch import Tensor
+
+from .uniform import round_ste
+from .validation import LOG_BITS, check_bits, check_finite, check_positive
+
+ADALOG_R = 37
+ADALOG_Q_MIN = 10
+ADALOG_Q_MAX = 137
+# About |min GELU(x)|: the shift that makes post-GELU activations non-negative.
+GELU_SHIFT = 0.16997124
+_TINY = 1e-15
+
+QLike = Union[int, Tensor]
+
+
+def mantissa_levels(bits: int) -> int:
+    """``2^(b+1) - 2``: the mantissa table's resolution."""
+    return 2**(bits + 1) - 2
+
+
+def check_base(q: QLike, r: int) -> None:
+    """Raise unless ``q`` (int or tensor of ints) and ``r`` are positive integers."""
+    if isinstance(r, bool) or not isinstance(r, int) or r <= 0:
+        raise ValueError(f'r={r!r} must be a positive integer.')
+    qt = torch.as_tensor(q)
+    if qt.numel() == 0 or bool((qt <= 0).any()) or bool((qt != qt.round()).any()):
+        raise ValueError(f'q={q!r} must hold positive integers (base 2^(q/r)).')
+
+
+def _codes(x: Tensor, scale: Tensor, bits: int, q: QLike, r: int,
+           ste: bool) -> Tuple[Tensor, Tensor]:
+    x_t = torch.clamp(x / scale, _TINY, 1.0)
+    k = -torch.log2(x_t) * (r / torch.as_tensor(q, dtype=x.dtype))
+    k = round_ste(k) if ste else torch.round(k)
+    mask = k < 2**bits
+    return torch.clamp(k, 0, 2**bits - 1), mask
+
+
+def log_quantize(x: Tensor, scale: Tensor, bits: int, q: QLike, r: int) -> Tuple[Tensor, Tensor]:
+    """Integer codes (float tensor) and the in-range mask of ``x``."""
+    check_bits(bits, LOG_BITS)
+    check_finite(x)
+    check_positive(torch.as_tensor(scale, dtype=x.dtype), 'scale')
+    check_base(q, r)
+    return _codes(x, torch.as_tensor(scale, dtype=x.dtype), bits, q, r, ste=False)
+
+
+def log_tables(bits: int, q: int, r: int) -> Tuple[Tensor, Tensor]:
+    """The deployed kernel's tables: shift ``T1`` (int64) and quantized mantissa ``T2``."""
+    check_bits(bits, LOG_BITS)
+    check_base(q, r)
+    i = torch.arange(2**bits, dtype=torch.int64)
+    t1 = torch.div(i * q, r, rounding_mode='floor')
+    levels = mantissa_levels(bits)
+    t2 = torch.round(2.0**(-((i * q) % r).double() / r) * levels) / levels
+    return t1, t2.float()
+
+
+def _dequantize_exact(codes: Tensor, mask: Tensor, scale: Tensor, q: QLike, r: int) -> Tensor:
+    return scale * torch.exp2(-codes * (torch.as_tensor(q, dtype=codes.dtype) / r)) * mask
+
+
+def _dequantize_table(codes: Tensor, mask: Tensor, scale: Tensor, bits: int, q: QLike,
+                      r: int) -> Tensor:
+    # Elementwise form of T1[k] and T2[k]: identical integers to a table lookup, but it also
+    # works when q differs per candidate (the search scores many bases at once).
+    prod = codes.detach() * torch.as_tensor(q, dtype=codes.dtype)
+    shift = torch.div(prod, r, rounding_mode='floor')
+    rem = prod - shift * r
+    levels = mantissa_levels(bits)
+    mant = torch.round(torch.exp2(-rem / r) * levels) / levels
+    return scale * torch.exp2(-shift) * mant * mask
+
+
+def log_dequantize(codes: Tensor, mask: Tensor, scale: Tensor, bits: int, q: QLike, r: int,
+                   table: bool = True) -> Tensor:
+    """Real values of codes: the integer-table path (``table=True``) or the exact one."""
+    check_bits(bits, LOG_BITS)
+    check_base(q, r)
+    scale = torch.as_tensor(scale, dtype=codes.dtype)
+    if table:
+        return _dequantize_table(codes, mask, scale, bits, q, r)
+    return _dequantize_exact(codes, mask, scale, q, r)
+
+
+def fake_quant_log(x: Tensor, scale: Tensor, bits: int, q: QLike, r: int,
+                   table: bool = False) -> Tensor:
+    """Quantize-dequantize; unchecked (hot path). ``table=False`` is differentiable (STE)."""
+    codes, mask = _codes(x, scale, bits, q, r, ste=not table)
+    if table:
+        return _dequantize_table(codes, mask, scale, bits, q, r)
+    return _dequantize_exact(codes, mask, scale, q, r)
+
+
+def log_fake_quant(x: Tensor, scale: Tensor, bits: int, q: QLike, r: int,
+                   table: bool = False) -> Tensor:
+    """Checked :func:`fake_quant_log`."""
+    codes, mask = log_quantize(x, scale, bits, q, r)
+    return log_dequantize(codes, mask, torch.as_tensor(scale, dtype=x.dtype), bits, q, r, table)
+
+
+def fold_shift_into_bias(weight: Tensor, bias: Union[Tensor, None], shift: float) -> Tensor:
+    """Bias reparameterization for a shifted input quantizer ``Q(x + c) - c``.
+
+    ``W (Q(x + c) - c) + b == W Q(x + c) + (b - c W 1)``: returns ``b' = b - c W 1`` so the
+    next layer consumes ``Q(x + c)`` directly. ``weight`` is the (already quantized) weight
+    of shape ``(out, in)``.
+    """
+    if weight.dim() != 2:
+        raise ValueError(f'weight must be (out, in), got shape {tuple(weight.shape)}.')
+    if bias is not None and bias.shape != (weight.shape[0], ):
+        raise ValueError(f'bias of shape {tuple(bias.shape)} does not match weight '
+                         f'{tuple(weight.shape)}.')
+    folded = -shift * weight.sum(dim=1)
+    return folded if bias is None else bias + folded

@@ -1,0 +1,124 @@
+"""Logarithmic quantizer modules: AdaLog (searched base) and the log2 / log-sqrt2 baselines."""
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from mmq.registry import QUANTIZERS
+from .base_quantizer import BaseQuantizer
+from .log_quant import (ADALOG_Q_MAX, ADALOG_Q_MIN, ADALOG_R, check_base, fake_quant_log,
+                        log_dequantize, log_quantize, log_tables)
+from .validation import LOG_BITS, check_positive
+
+DEQUANT_MODES = ('table', 'exact')
+
+
+@QUANTIZERS.register_module()
+class LogQuantizer(BaseQuantizer):
+    """Per-tensor logarithmic quantizer ``Q(x + shift) - shift`` with base ``2^(q/r)``.
+
+    Args:
+        bits (int): Bit width, 2..8.
+        r (int): Base denominator.
+        q (int): Initial base numerator (searched among ``bases`` by FPCS).
+        bases (tuple[int], optional): The ``q`` values a search may choose; default ``(q,)``.
+        shift (float): ``c`` in ``Q(x + c) - c``: ``0`` post-Softmax, ``GELU_SHIFT`` post-GELU.
+        fixed_scale (float, optional): Keep the scale at this value (``1.0`` post-Softmax).
+        dequant (str): Dequantization path in eval mode: ``'table'`` (the integer shift +
+            mantissa tables a deployed kernel runs; default) or ``'exact'``. Train mode always
+            uses the exact, differentiable path.
+        shift_folded (bool): The next layer's bias already absorbed ``-shift`` (bias
+            reparameterization): return ``Q(x + shift)`` without subtracting it.
+    """
+
+    lazy_buffers = ('scale', )
+
+    def __init__(self,
+                 bits: int,
+                 r: int = 1,
+                 q: int = 1,
+                 bases: Optional[tuple] = None,
+                 shift: float = 0.0,
+                 fixed_scale: Optional[float] = None,
+                 dequant: str = 'table',
+                 shift_folded: bool = False) -> None:
+        super().__init__(bits, LOG_BITS)
+        check_base(q, r)
+        if dequant not in DEQUANT_MODES:
+            raise ValueError(f'dequant={dequant!r} must be one of {DEQUANT_MODES}.')
+        if fixed_scale is not None and not fixed_scale > 0:
+            raise ValueError(f'fixed_scale={fixed_scale!r} must be > 0.')
+        self.r = r
+        self.bases = tuple(bases) if bases is not None else (q, )
+        check_base(torch.tensor(self.bases), r)
+        self.shift = float(shift)
+        self.fixed_scale = fixed_scale
+        self.dequant = dequant
+        self.shift_folded = shift_folded
+        self.register_buffer('q', torch.tensor(int(q)))
+
+    def set_params(self, q: int, scale: float) -> None:
+        """Set the calibrated base numerator and scale."""
+        check_base(int(q), self.r)
+        scale_t = torch.as_tensor(float(scale))
+        check_positive(scale_t, 'scale')
+        self.q.fill_(int(q))
+        self._set(scale=scale_t)
+
+    @property
+    def use_table(self) -> bool:
+        return self.dequant == 'table' and not self.training
+
+    def quantize(self, x: Tensor):
+        """Integer codes and in-range mask of ``x + shift``."""
+        return log_quantize(x + self.shift, self.scale, self.bits, int(self.q), self.r)
+
+    def dequantize(self, codes: Tensor, mask: Tensor, table: Optional[bool] = None) -> Tensor:
+        """Values of codes (``Q(x + shift)``, before subtracting the shift)."""
+        table = self.use_table if table is None else table
+        return log_dequantize(codes, mask, self.scale, self.bits, int(self.q), self.r, table)
+
+    def tables(self):
+        """The deployed kernel's shift and mantissa tables for the calibrated base."""
+        return log_tables(self.bits, int(self.q), self.r)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.is_active:
+            return x
+        out = fake_quant_log(x + self.shift, self.scale, self.bits, self.q.to(x.dtype), self.r,
+                             self.use_table)
+        return out if self.shift_folded else out - self.shift
+
+    def extra_repr(self) -> str:
+        return (f'{super().extra_repr()}, base=2^({int(self.q)}/{self.r}), shift={self.shift}, '
+                f'dequant={self.dequant}')
+
+
+@QUANTIZERS.register_module()
+class AdaLogQuantizer(LogQuantizer):
+    """AdaLog: base ``2^(q/37)`` with ``q`` searched in ``[10, 137]`` (``q = 37`` is log2).
+
+    Post-Softmax: ``AdaLogQuantizer(bits, fixed_scale=1.0)``; post-GELU:
+    ``AdaLogQuantizer(bits, shift=GELU_SHIFT)``. Other args as :class:`LogQuantizer`.
+    """
+
+    def __init__(self, bits: int, **kwargs) -> None:
+        kwargs.setdefault('q', ADALOG_R)
+        super().__init__(
+            bits, r=ADALOG_R, bases=tuple(range(ADALOG_Q_MIN, ADALOG_Q_MAX + 1)), **kwargs)
+
+
+@QUANTIZERS.register_module()
+class Log2Quantizer(LogQuantizer):
+    """Fixed base-2 log quantizer (baseline)."""
+
+    def __init__(self, bits: int, **kwargs) -> None:
+        super().__init__(bits, r=1, q=1, **kwargs)
+
+
+@QUANTIZERS.register_module()
+class LogSqrt2Quantizer(LogQuantizer):
+    """Fixed base-sqrt(2) log quantizer (baseline)."""
+
+    def __init__(self, bits: int, **kwargs) -> None:
+        super().__init__(bits, r=2, q=1, **kwargs)

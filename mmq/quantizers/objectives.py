@@ -1,0 +1,33 @@
+"""Search objectives: map a batch of ``K`` candidate-quantized tensors ``(K, *x.shape)`` to
+losses ``(K, groups)``.
+
+FPCS scores candidates by the MSE of the *layer output* (the ``F.linear`` / matmul / conv
+output) against full precision; the MSE of the tensor itself ("self" MSE) is used only to
+initialise. ``groups`` follow the searched tensor's granularity: one column per tensor, per
+output channel or per head.
+"""
+from typing import Callable, Optional
+
+from torch import Tensor
+
+Objective = Callable[[Tensor], Tensor]
+
+
+def reduce_to_groups(err: Tensor, ch_axis: Optional[int]) -> Tensor:
+    """Mean of ``err`` (``(K, *shape)``) over all axes but K and ``ch_axis`` of ``shape``."""
+    if ch_axis is None:
+        return err.flatten(1).mean(dim=1, keepdim=True)
+    axis = ch_axis + 1 if ch_axis >= 0 else ch_axis
+    return err.movedim(axis, 1).flatten(2).mean(dim=2)
+
+
+def self_mse(x: Tensor, ch_axis: Optional[int] = None) -> Objective:
+    """MSE of the quantized tensor against ``x`` itself."""
+    return lambda xq: reduce_to_groups((xq - x).pow(2), ch_axis)
+
+
+def output_mse(forward: Callable[[Tensor], Tensor], reference: Tensor,
+               out_ch_axis: Optional[int] = None) -> Objective:
+    """MSE of ``forward(candidates)`` (batched over K) against the float ``reference`` output,
+    grouped along ``out_ch_axis`` of the output (``-1`` for a Linear's output channels)."""
+    return lambda xq: reduce_to_groups((forward(xq) - reference).pow(2), out_ch_axis)
