@@ -51,9 +51,10 @@ def _codes(x: Tensor, scale: Tensor, bits: int, q: QLike, r: int,
            ste: bool) -> Tuple[Tensor, Tensor]:
     x_t = torch.clamp(x / scale, _TINY, 1.0)
     k = -torch.log2(x_t) * (r / torch.as_tensor(q, dtype=x.dtype))
-    k = round_ste(k) if ste else torch.round(k)
-    mask = k < 2**bits
-    return torch.clamp(k, 0, 2**bits - 1), mask
+    mask = torch.round(k.detach()) < 2**bits
+    # Clamp, then round (identical codes for integer bounds) so in-range codes keep a gradient.
+    k = torch.clamp(k, 0, 2**bits - 1)
+    return (round_ste(k) if ste else torch.round(k)), mask
 
 
 def log_quantize(x: Tensor, scale: Tensor, bits: int, q: QLike, r: int) -> Tuple[Tensor, Tensor]:
@@ -115,8 +116,12 @@ def fake_quant_log(x: Tensor, scale: Tensor, bits: int, q: QLike, r: int,
 def log_fake_quant(x: Tensor, scale: Tensor, bits: int, q: QLike, r: int,
                    table: bool = False) -> Tensor:
     """Checked :func:`fake_quant_log`."""
-    codes, mask = log_quantize(x, scale, bits, q, r)
-    return log_dequantize(codes, mask, torch.as_tensor(scale, dtype=x.dtype), bits, q, r, table)
+    check_bits(bits, LOG_BITS)
+    check_finite(x)
+    scale = torch.as_tensor(scale, dtype=x.dtype)
+    check_positive(scale, 'scale')
+    check_base(q, r)
+    return fake_quant_log(x, scale, bits, q, r, table)
 
 
 def fold_shift_into_bias(weight: Tensor, bias: Union[Tensor, None], shift: float) -> Tensor:

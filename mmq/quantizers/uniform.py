@@ -16,8 +16,9 @@ from .validation import check_bits, check_broadcast, check_finite, check_positiv
 
 
 def round_ste(x: Tensor) -> Tensor:
-    """Round with a straight-through (identity) gradient."""
-    return x + (torch.round(x) - x).detach()
+    """Round with a straight-through (identity) gradient; the value is exactly ``round(x)``
+    (so a code on the clamp boundary still passes its gradient)."""
+    return torch.round(x).detach() + (x - x.detach())
 
 
 def param_shape(x: Tensor, ch_axis: Optional[int]) -> Tuple[int, ...]:
@@ -116,8 +117,10 @@ def fake_quant_uniform(x: Tensor, scale: Tensor, zero_point: Tensor, bits: int) 
     The gradient w.r.t. ``x`` is the identity inside the clipping range and zero outside; the
     gradient w.r.t. ``scale`` is the LSQ one, so scales can be learned.
     """
-    codes = torch.clamp(round_ste(x / scale) + zero_point, 0, 2**bits - 1)
-    return (codes - zero_point) * scale
+    # round(clamp(v, -z, qmax - z)) == clamp(round(v), -z, qmax - z) for integer z; clamping
+    # first keeps the gradient on codes that round onto the range's ends.
+    qmax = 2**bits - 1
+    return round_ste(torch.clamp(x / scale, -zero_point, qmax - zero_point)) * scale
 
 
 def uniform_fake_quant(x: Tensor, scale: Tensor, zero_point: Tensor, bits: int) -> Tensor:

@@ -1,0 +1,96 @@
+"""Quantizer modules: modes, calibrators, state_dict round trips, config errors."""
+import pytest
+import torch
+from torch.nn import functional as F
+
+from mmq import CALIBRATORS, QUANTIZERS
+from mmq.quantizers import (GELU_SHIFT, AdaLogQuantizer, FPCSCalibrator, Log2Quantizer,
+                            LogSqrt2Quantizer, MinMaxCalibrator, PercentileCalibrator,
+                            UniformQuantizer, fold_shift_into_bias, output_mse)
+
+
+def test_uncalibrated_and_disabled_pass_through():
+    x = torch.randn(4, 8)
+    q = UniformQuantizer(4)
+    assert torch.equal(q(x), x)
+    MinMaxCalibrator()(q, x)
+    assert not torch.equal(q(x), x)
+    q.enabled = False
+    assert torch.equal(q(x), x)
+
+
+@pytest.mark.parametrize('calibrator', [
+    dict(type='MinMaxCalibrator'),
+    dict(type='PercentileCalibrator', lower=0.001, upper=0.999),
+    dict(type='FPCSCalibrator', role='weight')
+])
+def test_uniform_state_dict_round_trip_is_exact(calibrator):
+    w = torch.randn(16, 32)
+    q = UniformQuantizer(3, ch_axis=0)
+    CALIBRATORS.build(calibrator)(q, w)
+    assert q.scale.shape == (16, 1)
+    fresh = QUANTIZERS.build(dict(type='UniformQuantizer', bits=3, ch_axis=0))
+    fresh.load_state_dict(q.state_dict())
+    assert torch.equal(fresh(w), q(w)) and bool(fresh.calibrated)
+
+
+def test_adalog_state_dict_round_trip_and_table_default():
+    torch.manual_seed(0)
+    attn = torch.softmax(torch.randn(2, 3, 16, 16) * 3, dim=-1)
+    q = AdaLogQuantizer(4, fixed_scale=1.0)
+    FPCSCalibrator()(q, attn)
+    assert float(q.scale) == 1.0 and 10 <= int(q.q) <= 137
+    fresh = AdaLogQuantizer(4, fixed_scale=1.0)
+    fresh.load_state_dict(q.state_dict())
+    fresh.eval(), q.eval()
+    assert torch.equal(fresh(attn), q(attn))
+    # Eval mode uses the integer-table path, train mode the exact differentiable one.
+    codes, mask = q.quantize(attn)
+    assert torch.equal(q(attn), q.dequantize(codes, mask, table=True))
+    q.train()
+    assert torch.equal(q(attn), q.dequantize(codes, mask, table=False))
+
+
+def test_post_gelu_shift_folded_matches_shifted():
+    torch.manual_seed(0)
+    x = F.gelu(torch.randn(128, 32) * 2)
+    w, b = torch.randn(8, 32) * 0.1, torch.randn(8)
+    shifted = AdaLogQuantizer(4, shift=GELU_SHIFT)
+    FPCSCalibrator()(shifted, x, output_mse(lambda xq: xq @ w.t(), x @ w.t()))
+    folded = AdaLogQuantizer(4, shift=GELU_SHIFT, shift_folded=True)
+    folded.load_state_dict(shifted.state_dict())
+    torch.testing.assert_close(
+        F.linear(folded(x), w, fold_shift_into_bias(w, b, GELU_SHIFT)),
+        F.linear(shifted(x), w, b), rtol=0, atol=1e-5)
+    assert folded(x).min() >= 0  # the deployed input is non-negative
+
+
+def test_baseline_log_quantizers_and_fixed_zero_point():
+    x = torch.rand(1000)**4
+    for cls in (Log2Quantizer, LogSqrt2Quantizer):
+        q = cls(4)
+        PercentileCalibrator(upper=1.0)(q, x)
+        assert float(q.scale) == pytest.approx(float(x.max()))
+        assert q.bases == (1, )
+    relu = UniformQuantizer(4, fixed_zero_point=0)
+    FPCSCalibrator()(relu, torch.relu(torch.randn(1000)))
+    assert float(relu.zero_point) == 0.0
+
+
+def test_config_errors_name_the_value():
+    with pytest.raises(ValueError, match='bits=1'):
+        UniformQuantizer(1)
+    with pytest.raises(ValueError, match='bits=12'):
+        AdaLogQuantizer(12)
+    with pytest.raises(ValueError, match="dequant='fast'"):
+        AdaLogQuantizer(4, dequant='fast')
+    with pytest.raises(ValueError, match='fixed_scale=0'):
+        AdaLogQuantizer(4, fixed_scale=0)
+    with pytest.raises(ValueError, match="role='bias'"):
+        FPCSCalibrator(role='bias')
+    with pytest.raises(ValueError, match='non-finite'):
+        MinMaxCalibrator()(UniformQuantizer(4), torch.tensor([1.0, float('inf')]))
+    with pytest.raises(ValueError, match='scale must be > 0'):
+        UniformQuantizer(4).set_params(torch.tensor([0.0]), torch.tensor([0.0]))
+    with pytest.raises(TypeError, match='cannot calibrate'):
+        MinMaxCalibrator()(torch.nn.Identity(), torch.randn(3))
