@@ -48,7 +48,7 @@ def test_adalog_state_dict_round_trip_and_table_default():
     codes, mask = q.quantize(attn)
     assert torch.equal(q(attn), q.dequantize(codes, mask, table=True))
     q.train()
-    assert torch.equal(q(attn), q.dequantize(codes, mask, table=False))
+    torch.testing.assert_close(q(attn), q.dequantize(codes, mask, table=False), rtol=1e-6, atol=0)
 
 
 def test_post_gelu_shift_folded_matches_shifted():
@@ -57,8 +57,9 @@ def test_post_gelu_shift_folded_matches_shifted():
     w, b = torch.randn(8, 32) * 0.1, torch.randn(8)
     shifted = AdaLogQuantizer(4, shift=GELU_SHIFT)
     FPCSCalibrator()(shifted, x, output_mse(lambda xq: xq @ w.t(), x @ w.t()))
-    folded = AdaLogQuantizer(4, shift=GELU_SHIFT, shift_folded=True)
+    folded = AdaLogQuantizer(4, shift=GELU_SHIFT)
     folded.load_state_dict(shifted.state_dict())
+    folded.shift_folded.fill_(True)  # a buffer: saved states remember the fold
     torch.testing.assert_close(
         F.linear(folded(x), w, fold_shift_into_bias(w, b, GELU_SHIFT)),
         F.linear(shifted(x), w, b), rtol=0, atol=1e-5)

@@ -1,1 +1,4 @@
-"""Runner integration (the calibration hook lands with the pipeline issue)."""
+"""Runner integration."""
+from .quant_calibration_hook import QuantCalibrationHook
+
+__all__ = ['QuantCalibrationHook']

@@ -103,6 +103,7 @@ def _zero_points_for(bits: int, role: str) -> int:
     raise ValueError(f"role={role!r} must be 'weight' or 'activation'.")
 
 
+@torch.no_grad()
 def fpcs_uniform(x: Tensor,
                  bits: int,
                  ch_axis: Optional[int] = None,
@@ -138,6 +139,7 @@ def fpcs_uniform(x: Tensor,
                        chunk_for(x.numel(), budget))
 
 
+@torch.no_grad()
 def uniform_dense_grid(x: Tensor, bits: int, ch_axis: Optional[int], objective: Optional[Objective],
                        num_ranges: int, num_zero_points: int,
                        budget: int = 2**24) -> SearchResult:
@@ -159,6 +161,7 @@ def _log_score(x: Tensor, bits: int, r: int, shift: float, table: bool, objectiv
     return score
 
 
+@torch.no_grad()
 def fpcs_log(x: Tensor,
              bits: int,
              bases: Tensor,

@@ -104,13 +104,44 @@ def log_dequantize(codes: Tensor, mask: Tensor, scale: Tensor, bits: int, q: QLi
     return _dequantize_exact(codes, mask, scale, q, r)
 
 
+def log_levels(bits: int, q: QLike, r: int, table: bool, dtype=torch.float32) -> Tensor:
+    """Dequantized value of every code for each base: ``(bases, 2^b + 1)``; the extra last
+    entry (code ``2^b``, past the range) is 0."""
+    k = torch.arange(2**bits + 1, dtype=torch.float64)
+    qv = torch.as_tensor(q, dtype=torch.float64).reshape(-1, 1)
+    if table:
+        prod = k * qv
+        shift = torch.div(prod, r, rounding_mode='floor')
+        levels = mantissa_levels(bits)
+        mant = torch.round(torch.exp2(-(prod - shift * r) / r) * levels) / levels
+        values = torch.exp2(-shift) * mant
+    else:
+        values = torch.exp2(-k * qv / r)
+    values[:, -1] = 0
+    return values.to(dtype)
+
+
 def fake_quant_log(x: Tensor, scale: Tensor, bits: int, q: QLike, r: int,
                    table: bool = False) -> Tensor:
-    """Quantize-dequantize; unchecked (hot path). ``table=False`` is differentiable (STE)."""
-    codes, mask = _codes(x, scale, bits, q, r, ste=not table)
-    if table:
-        return _dequantize_table(codes, mask, scale, bits, q, r)
-    return _dequantize_exact(codes, mask, scale, q, r)
+    """Quantize-dequantize; unchecked (hot path). ``table=False`` is differentiable (STE).
+
+    Without autograd, codes index a per-base table of values (what both paths compute, in
+    a few ops); ``q`` may hold one base per leading candidate index.
+    """
+    if torch.is_grad_enabled() and (x.requires_grad or torch.as_tensor(scale).requires_grad):
+        codes, mask = _codes(x, scale, bits, q, r, ste=not table)
+        if table:
+            return _dequantize_table(codes, mask, scale, bits, q, r)
+        return _dequantize_exact(codes, mask, scale, q, r)
+    x_t = torch.clamp(x / scale, _TINY, 1.0)
+    k = torch.log2(x_t).mul_(-(r / torch.as_tensor(q, dtype=x.dtype)))
+    idx = k.round_().clamp_(max=2**bits).long()  # 2^b and beyond: past the range -> 0
+    values = log_levels(bits, q, r, table, x.dtype)
+    if values.shape[0] == 1:
+        out = values[0][idx]
+    else:
+        out = values.gather(1, idx.reshape(values.shape[0], -1)).reshape(idx.shape)
+    return out.mul_(scale)
 
 
 def log_fake_quant(x: Tensor, scale: Tensor, bits: int, q: QLike, r: int,

@@ -54,8 +54,9 @@ class LogQuantizer(BaseQuantizer):
         self.shift = float(shift)
         self.fixed_scale = fixed_scale
         self.dequant = dequant
-        self.shift_folded = shift_folded
         self.register_buffer('q', torch.tensor(int(q)))
+        # A buffer, so a saved quantized state remembers that the next bias absorbed -shift.
+        self.register_buffer('shift_folded', torch.tensor(bool(shift_folded)))
 
     def set_params(self, q: int, scale: float) -> None:
         """Set the calibrated base numerator and scale."""
@@ -87,7 +88,7 @@ class LogQuantizer(BaseQuantizer):
             return x
         out = fake_quant_log(x + self.shift, self.scale, self.bits, self.q.to(x.dtype), self.r,
                              self.use_table)
-        return out if self.shift_folded else out - self.shift
+        return out if bool(self.shift_folded) else out - self.shift
 
     def extra_repr(self) -> str:
         return (f'{super().extra_repr()}, base=2^({int(self.q)}/{self.r}), shift={self.shift}, '

@@ -21,6 +21,12 @@ def reduce_to_groups(err: Tensor, ch_axis: Optional[int]) -> Tensor:
     return err.movedim(axis, 1).flatten(2).mean(dim=2)
 
 
+def _squared_error(out: Tensor, ref: Tensor) -> Tensor:
+    if out.requires_grad or out._base is not None:
+        return (out - ref).pow(2)
+    return out.sub_(ref).square_()  # a fresh candidate output: reuse its memory
+
+
 def self_mse(x: Tensor, ch_axis: Optional[int] = None) -> Objective:
     """MSE of the quantized tensor against ``x`` itself."""
     return lambda xq: reduce_to_groups((xq - x).pow(2), ch_axis)
@@ -30,4 +36,4 @@ def output_mse(forward: Callable[[Tensor], Tensor], reference: Tensor,
                out_ch_axis: Optional[int] = None) -> Objective:
     """MSE of ``forward(candidates)`` (batched over K) against the float ``reference`` output,
     grouped along ``out_ch_axis`` of the output (``-1`` for a Linear's output channels)."""
-    return lambda xq: reduce_to_groups((forward(xq) - reference).pow(2), out_ch_axis)
+    return lambda xq: reduce_to_groups(_squared_error(forward(xq), reference), out_ch_axis)

@@ -18,6 +18,8 @@ from .validation import check_bits, check_broadcast, check_finite, check_positiv
 def round_ste(x: Tensor) -> Tensor:
     """Round with a straight-through (identity) gradient; the value is exactly ``round(x)``
     (so a code on the clamp boundary still passes its gradient)."""
+    if not (torch.is_grad_enabled() and x.requires_grad):
+        return torch.round(x)  # no autograd: skip the STE arithmetic (search hot path)
     return torch.round(x).detach() + (x - x.detach())
 
 

@@ -1,0 +1,187 @@
+"""Block-wise calibration: each unit's inputs are pushed through that unit a constant number
+of times (LayerNorm statistics, layer-input capture, quantized output), never once per layer.
+"""
+import math
+import time
+from typing import Dict, List, Optional
+
+import torch
+from torch import nn
+
+from mmq.models.layernorm_reparam import layernorm_linear_pairs, reparameterize
+from mmq.models.quant_config import QuantConfig
+from mmq.models.quant_linear import QuantLinear
+from mmq.models.quant_matmul import QuantMatMul
+from mmq.models.transform import QUANT_LAYERS
+from mmq.quantizers.base_quantizer import BaseQuantizer
+from mmq.quantizers.validation import check_finite
+from .activation_store import ActivationStore
+from mmq.quantizers.layer_schedule import solve
+from .units import Unit
+
+SQNR_ITEMS = 4  # calibration items the per-unit output SQNR is measured on
+
+
+def _sqnr_db(ref: torch.Tensor, out: torch.Tensor) -> float:
+    noise = (out - ref).pow(2).mean().clamp_min(1e-30)
+    return float(10 * torch.log10(ref.pow(2).mean().clamp_min(1e-30) / noise))
+
+
+def _first_tensor(state) -> torch.Tensor:
+    return next(x for x in state if torch.is_tensor(x))
+
+
+def _quantizer_params(layer: nn.Module) -> Dict[str, dict]:
+    """Chosen parameters of a layer's quantizers, for the report (per-channel ones summarised)."""
+    out = {}
+    for name, q in layer.named_children():
+        if not isinstance(q, BaseQuantizer) or not bool(q.calibrated):
+            continue
+        info = dict(type=type(q).__name__, bits=q.bits)
+        scale = q.scale.flatten()
+        if scale.numel() == 1:
+            info['scale'] = float(scale)
+        else:
+            info.update(scale_min=float(scale.min()), scale_mean=float(scale.mean()),
+                        scale_max=float(scale.max()))
+        if hasattr(q, 'zero_point'):
+            zp = q.zero_point.flatten()
+            info['zero_point'] = float(zp) if zp.numel() == 1 else float(zp.float().mean())
+        if hasattr(q, 'r'):
+            info['base'] = f'2^({int(q.q)}/{q.r})'
+        out[name] = info
+    return out
+
+
+def _layernorm_reparam(unit: Unit, store: ActivationStore, bits: int) -> int:
+    pairs = [p for m in unit.module.modules() for p in layernorm_linear_pairs(m)]
+    if not pairs:
+        return 0
+    stats: Dict[int, List[torch.Tensor]] = {}
+
+    def hook(layer, args):
+        x = args[0].detach().reshape(-1, layer.in_features)
+        lo, hi = x.amin(0), x.amax(0)
+        if id(layer) in stats:
+            stats[id(layer)][0] = torch.minimum(stats[id(layer)][0], lo)
+            stats[id(layer)][1] = torch.maximum(stats[id(layer)][1], hi)
+        else:
+            stats[id(layer)] = [lo, hi]
+
+    handles = [lin.register_forward_pre_hook(hook) for _, lin in pairs]
+    try:
+        for item in store:
+            unit.run(item)
+    finally:
+        for h in handles:
+            h.remove()
+    for norm, lin in pairs:
+        reparameterize(norm, lin, *stats[id(lin)], bits)
+    return 1
+
+
+def _capture(unit: Unit, layers: List[nn.Module], store: ActivationStore, qcfg: QuantConfig,
+             generator: torch.Generator) -> Dict[int, object]:
+    n = len(store)
+    rows = max(1, math.ceil(qcfg.search_rows / n))
+    windows = max(1, math.ceil(qcfg.search_windows / n))
+    got: Dict[int, list] = {id(layer): [] for layer in layers}
+
+    def hook(layer, args):
+        num = windows if isinstance(layer, QuantMatMul) else rows
+        got[id(layer)].append(layer.sample_inputs(args, num, generator))
+
+    handles = [layer.register_forward_pre_hook(hook) for layer in layers]
+    try:
+        for item in store:
+            unit.run(item)
+    finally:
+        for h in handles:
+            h.remove()
+    samples = {}
+    for layer in layers:
+        parts = got[id(layer)]
+        if not parts:
+            continue
+        if isinstance(parts[0], tuple):
+            samples[id(layer)] = tuple(torch.cat(p, dim=0) for p in zip(*parts))
+        else:
+            samples[id(layer)] = torch.cat(parts, dim=0)
+    return samples
+
+
+def calibrate_unit(unit: Unit, store: ActivationStore, qcfg: QuantConfig,
+                   names: Dict[int, str], index: int) -> tuple:
+    """Calibrate every quantized layer of ``unit`` and return (report, next-unit inputs)."""
+    start = time.perf_counter()
+    generator = torch.Generator().manual_seed(qcfg.seed * 100003 + index)
+    layers = [m for m in unit.module.modules() if isinstance(m, QUANT_LAYERS)]
+    passes = 0
+    if qcfg.ln_reparam:
+        passes += _layernorm_reparam(unit, store, qcfg.a_bits)
+    samples = _capture(unit, layers, store, qcfg, generator)
+    passes += 1
+    layer_reports = []
+    for layer in layers:
+        name = names.get(id(layer), f'{unit.name}.?')
+        if id(layer) not in samples:
+            raise RuntimeError(f'layer {name} of unit {unit.name} received no input during '
+                               'calibration: it is not on the unit\'s forward path.')
+        sample = samples[id(layer)]
+        for i, t in enumerate(sample if isinstance(sample, tuple) else (sample, )):
+            try:
+                check_finite(t, f'input {i} of {name}')
+            except ValueError as e:
+                raise ValueError(f'{e} (calibration unit {unit.name}); the float model '
+                                 'produces NaN/Inf on the calibration images.') from None
+        problem = layer.calibration_problem(sample)
+        sqnr_init, sqnr = solve(problem, qcfg.calibrator, qcfg.rounds, qcfg.percentile,
+                                b_is_weight=not isinstance(layer, QuantMatMul))
+        folded = (qcfg.fold_gelu_shift and isinstance(layer, QuantLinear)
+                  and layer.fold_input_shift())
+        layer_reports.append(
+            dict(name=name, type=type(layer).__name__, sqnr_init_db=sqnr_init, sqnr_db=sqnr,
+                 gelu_shift_folded=bool(folded), quantizers=_quantizer_params(layer)))
+    # Quantized outputs become the next unit's inputs; SQNR against the float unit on a few.
+    next_store = ActivationStore(store.budget_bytes, store._spill_root)
+    sqnrs = []
+    for i, item in enumerate(store):
+        out = unit.run(item)
+        if i < SQNR_ITEMS:
+            unit_quantizers = [q for q in unit.module.modules() if isinstance(q, BaseQuantizer)]
+            for q in unit_quantizers:
+                q.enabled = False
+            ref = unit.run(item)
+            for q in unit_quantizers:
+                q.enabled = True
+            sqnrs.append(_sqnr_db(_first_tensor(ref), _first_tensor(out)))
+        next_store.append(out)
+    passes += 1
+    report = dict(unit=unit.name, index=index, seconds=time.perf_counter() - start,
+                  unit_passes=passes, output_sqnr_db=sum(sqnrs) / max(1, len(sqnrs)),
+                  layers=layer_reports, spilled_items=next_store.spilled)
+    return report, next_store
+
+
+def calibrate_units(units: List[Unit], store: ActivationStore, qcfg: QuantConfig,
+                    names: Dict[int, str], logger=None,
+                    on_unit_done: Optional[callable] = None) -> List[dict]:
+    """Calibrate the chain of units in order, each on the previous one's quantized outputs."""
+    reports = []
+    for i, unit in enumerate(units):
+        report, next_store = calibrate_unit(unit, store, qcfg, names, i)
+        store.close()
+        store = next_store
+        reports.append(report)
+        if logger is not None:
+            layers = report['layers']
+            before = sum(r['sqnr_init_db'] for r in layers) / max(1, len(layers))
+            after = sum(r['sqnr_db'] for r in layers) / max(1, len(layers))
+            logger.info(f"[mmq] unit {i + 1}/{len(units)} {unit.name}: {len(layers)} layers, "
+                        f"{report['seconds']:.1f} s, mean layer SQNR {before:.2f} -> "
+                        f"{after:.2f} dB (init -> searched), unit output SQNR "
+                        f"{report['output_sqnr_db']:.2f} dB")
+        if on_unit_done is not None:
+            on_unit_done(report)
+    store.close()
+    return reports

@@ -1,0 +1,96 @@
+"""``mmq.quantize``: the library call behind the calibration hook, usable without a Runner."""
+import time
+from typing import Iterable, List, Optional, Union
+
+import torch
+from torch import nn
+
+from mmq.models.quant_config import QuantConfig
+from mmq.models.transform import count_quant_layers, quantize_modules, quantizers
+from mmq.quantizers.validation import check_finite
+from .activation_store import ActivationStore
+from .block_calibration import calibrate_units
+from .units import build_units
+
+
+def _is_detector(model: nn.Module) -> bool:
+    return hasattr(model, 'backbone') and hasattr(model, 'data_preprocessor')
+
+
+def quant_target(model: nn.Module, qcfg: QuantConfig) -> nn.Module:
+    """The part of ``model`` the transform quantizes: its backbone, or the whole detector."""
+    if not _is_detector(model):
+        return model
+    return model if qcfg.scope == 'detector' else model.backbone
+
+
+def prepare(model: nn.Module, quant_cfg: Union[dict, QuantConfig]) -> QuantConfig:
+    """Check the backbone is supported and swap modules (no calibration)."""
+    qcfg = quant_cfg if isinstance(quant_cfg, QuantConfig) else QuantConfig.from_dict(quant_cfg)
+    backbone = model.backbone if _is_detector(model) else model
+    build_units(backbone)  # raises a clear error for unsupported backbones
+    quantize_modules(quant_target(model, qcfg), qcfg)
+    return qcfg
+
+
+def _module_names(model: nn.Module) -> dict:
+    return {id(m): name for name, m in model.named_modules()}
+
+
+@torch.no_grad()
+def quantize(model: nn.Module,
+             data: Iterable,
+             quant_cfg: Union[dict, QuantConfig],
+             logger=None,
+             activation_budget_bytes: int = 2 * 1024**3,
+             spill_dir: Optional[str] = None,
+             on_unit_done=None) -> dict:
+    """Quantize ``model`` in place and calibrate it on ``data``; returns the report.
+
+    Args:
+        model: An mmdet detector (its backbone is calibrated block by block) or a bare
+            backbone / timm ``VisionTransformer``.
+        data: For a detector, batches as its dataloader yields them (passed through
+            ``model.data_preprocessor``); otherwise image tensors ``(B, 3, H, W)``.
+        quant_cfg: :class:`QuantConfig` or its dict.
+        logger: An mmengine ``MMLogger`` (or anything with ``.info``) for progress.
+        activation_budget_bytes: Block inputs kept in memory; the rest spill to disk.
+        spill_dir: Folder for spilled activations (a temporary one by default).
+        on_unit_done: Called with each unit's report as soon as it is finished.
+    """
+    start = time.perf_counter()
+    qcfg = prepare(model, quant_cfg)
+    detector = _is_detector(model)
+    backbone = model.backbone if detector else model
+    was_training = model.training
+    model.eval()
+    store = ActivationStore(activation_budget_bytes, spill_dir)
+    for batch in data:
+        inputs = model.data_preprocessor(batch, False)['inputs'] if detector else batch
+        check_finite(inputs, 'calibration image batch')
+        store.append((inputs, ))
+    if len(store) == 0:
+        raise ValueError('the calibration set is empty: give at least one image (check the '
+                         'calibration dataset path / ann_file and num_images).')
+    num_images = sum(item[0].shape[0] for item in store)
+    if logger is not None:
+        logger.info(f'[mmq] calibrating {type(backbone).__name__} on {num_images} images '
+                    f'({qcfg.calibrator}, W{qcfg.w_bits}A{qcfg.a_bits}, softmax={qcfg.softmax},'
+                    f' gelu={qcfg.gelu})')
+    units = build_units(backbone)
+    reports: List[dict] = calibrate_units(units, store, qcfg, _module_names(model), logger,
+                                          on_unit_done)
+    missing = [
+        name for name, m in model.named_modules()
+        if m in set(quantizers(backbone)) and not bool(m.calibrated)
+    ]
+    if qcfg.scope == 'detector' and detector:
+        raise NotImplementedError('quant_cfg.scope="detector" is not implemented yet: neck and '
+                                  'head calibration is pending; use scope="backbone".')
+    if missing:
+        raise RuntimeError(f'{len(missing)} quantizer(s) were not calibrated: {missing[:5]}')
+    model.train(was_training)
+    passes = sum(r['unit_passes'] for r in reports) / max(1, len(reports))
+    return dict(quant_cfg=qcfg.to_dict(), num_images=num_images,
+                seconds=time.perf_counter() - start, backbone_passes=passes,
+                layer_counts=count_quant_layers(backbone), units=reports)

@@ -1,0 +1,156 @@
+"""``QuantCalibrationHook``: quantize and calibrate the model before the Runner tests it."""
+import json
+import os
+import os.path as osp
+from typing import Optional
+
+import torch
+from mmengine.dataset import pseudo_collate
+from mmengine.dist import broadcast_object_list, get_rank, get_world_size, is_main_process
+from mmengine.hooks import Hook
+from mmengine.model import is_model_wrapper
+from torch.utils.data import DataLoader, Subset
+
+from mmq.calibration import load_quantized_state, quantize, save_quantized_state
+from mmq.calibration.quantize import prepare
+from mmq.models.quant_config import QuantConfig
+from mmq.registry import HOOKS
+
+STATE_FILE = 'quantized_state.pth'
+REPORT_FILE = 'calibration_report.json'
+
+
+@HOOKS.register_module()
+class QuantCalibrationHook(Hook):
+    """Quantize the model and calibrate it on training images before test / val.
+
+    The work is :func:`mmq.quantize`; this hook only builds the calibration data, logs,
+    saves the quantized state and report to the work dir, and keeps ranks identical.
+
+    Args:
+        quant_cfg (dict, optional): :class:`mmq.QuantConfig` fields; ``None`` reads the
+            config's top-level ``quant_cfg``.
+        num_images (int): Calibration images, drawn (seeded) from the training split.
+        seed (int): Seed of that draw.
+        use_eval_set (bool): Draw from the test set instead (logged as a warning: the
+            evaluation then sees its own calibration images).
+        load_state (str, optional): A saved quantized state to load instead of calibrating.
+        require_checkpoint (bool): Refuse to calibrate random weights (no ``load_from``).
+        activation_budget_gb (float): Block inputs kept in memory; the rest spill to disk.
+    """
+
+    priority = 'VERY_HIGH'
+
+    def __init__(self,
+                 quant_cfg: Optional[dict] = None,
+                 num_images: int = 32,
+                 seed: int = 0,
+                 use_eval_set: bool = False,
+                 load_state: Optional[str] = None,
+                 require_checkpoint: bool = True,
+                 activation_budget_gb: float = 2.0) -> None:
+        if not isinstance(num_images, int) or num_images < 1:
+            raise ValueError(f'num_images={num_images!r} must be a positive integer.')
+        if quant_cfg is not None:
+            QuantConfig.from_dict(quant_cfg)  # configuration errors surface at build time
+        self.quant_cfg = quant_cfg
+        self.num_images = num_images
+        self.seed = seed
+        self.use_eval_set = use_eval_set
+        self.load_state = load_state
+        self.require_checkpoint = require_checkpoint
+        self.activation_budget_gb = activation_budget_gb
+        self._done = False
+
+    def before_test(self, runner) -> None:
+        self._quantize_once(runner)
+
+    def before_val(self, runner) -> None:
+        self._quantize_once(runner)
+
+    # -------------------------------------------------------------------------------------
+    def _quant_cfg(self, runner) -> QuantConfig:
+        cfg = self.quant_cfg if self.quant_cfg is not None else runner.cfg.get('quant_cfg')
+        if cfg is None:
+            raise ValueError('QuantCalibrationHook has no quant_cfg: add a quant preset to the '
+                             "config's _base_ (e.g. configs/_base_/quant/w4a4_adalog.py).")
+        return QuantConfig.from_dict(cfg)
+
+    def calibration_loader(self, runner) -> DataLoader:
+        """Seeded subset of the training split, read with the test pipeline."""
+        from mmdet.registry import DATASETS
+        cfg = runner.cfg
+        if self.use_eval_set:
+            runner.logger.warning('[mmq] calibrating on the EVALUATION set (use_eval_set=True): '
+                                  'the reported metrics are then optimistic.')
+            dataset_cfg = cfg.test_dataloader.dataset.copy()
+        else:
+            dataset_cfg = cfg.train_dataloader.dataset.copy()
+            while 'dataset' in dataset_cfg and 'pipeline' not in dataset_cfg:
+                dataset_cfg = dataset_cfg.dataset.copy()  # unwrap RepeatDataset & co.
+            dataset_cfg.pipeline = cfg.test_dataloader.dataset.pipeline
+        dataset = DATASETS.build(dataset_cfg)
+        if len(dataset) == 0:
+            raise ValueError(f"the calibration dataset is empty ({dataset_cfg.get('ann_file')}"
+                             f"): check data_root / ann_file / filter_cfg.")
+        g = torch.Generator().manual_seed(self.seed)
+        count = min(self.num_images, len(dataset))
+        indices = torch.randperm(len(dataset), generator=g)[:count].tolist()
+        return DataLoader(Subset(dataset, indices), batch_size=1, shuffle=False,
+                          num_workers=0, collate_fn=pseudo_collate)
+
+    def _quantize_once(self, runner) -> None:
+        if self._done:
+            return
+        model = runner.model.module if is_model_wrapper(runner.model) else runner.model
+        qcfg = self._quant_cfg(runner)
+        state_path = osp.join(runner.work_dir, STATE_FILE)
+        if self.load_state:
+            load_quantized_state(model, self.load_state, qcfg)
+            runner.logger.info(f'[mmq] loaded quantized state {self.load_state}')
+            self._done = True
+            return
+        if self.require_checkpoint and not runner.cfg.get('load_from'):
+            raise ValueError('no float checkpoint to quantize: pass CHECKPOINT to '
+                             'tools/quantize.py (or set load_from); set '
+                             'require_checkpoint=False only to calibrate random weights.')
+        prepare(model, qcfg)
+        state = [None]
+        if is_main_process():
+            report = self._calibrate(runner, model, qcfg, state_path)
+            state = [model.state_dict()]
+            runner.logger.info(f"[mmq] calibrated in {report['seconds']:.1f} s; saved "
+                               f'{state_path}')
+        if get_world_size() > 1:
+            broadcast_object_list(state, src=0)
+            if get_rank() != 0:
+                model.load_state_dict(state[0])
+        self._done = True
+
+    def _calibrate(self, runner, model, qcfg: QuantConfig, state_path: str) -> dict:
+        loader = self.calibration_loader(runner)
+        report_path = osp.join(runner.work_dir, REPORT_FILE)
+        os.makedirs(runner.work_dir, exist_ok=True)
+        done_units = []
+
+        def on_unit_done(unit_report: dict) -> None:  # finished work survives a crash
+            done_units.append(unit_report)
+            _write_json(report_path, dict(status='running', units=done_units))
+
+        report = quantize(model, loader, qcfg, runner.logger,
+                          int(self.activation_budget_gb * 1024**3),
+                          osp.join(runner.work_dir, 'activations'), on_unit_done)
+        report['status'] = 'done'
+        report['calibration_images'] = [
+            loader.dataset.dataset.get_data_info(i)['img_path'] for i in loader.dataset.indices
+        ]
+        save_quantized_state(model, state_path, qcfg)
+        _write_json(report_path, report)
+        return report
+
+
+def _write_json(path: str, obj: dict) -> None:
+    tmp = path + '.tmp'
+    with open(tmp, 'w') as f:
+        json.dump(obj, f, indent=1)
+    os.replace(tmp, path)

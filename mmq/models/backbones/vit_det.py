@@ -1,0 +1,99 @@
+"""A plain ViT backbone for mmdet: timm's ``VisionTransformer`` with a ViTDet-style simple
+feature pyramid (strides 4, 8, 16, 32 from the stride-16 token map)."""
+from typing import Optional, Sequence, Tuple
+
+from mmengine.model import BaseModule
+from timm.layers import LayerNorm2d
+from timm.models.vision_transformer import VisionTransformer
+from torch import Tensor, nn
+
+from mmq.registry import MODELS
+
+
+def _level(dims: int, scale: float, out_channels: int) -> nn.Sequential:
+    if scale == 4.0:
+        pre = [
+            nn.ConvTranspose2d(dims, dims // 2, 2, 2),
+            LayerNorm2d(dims // 2),
+            nn.GELU(),
+            nn.ConvTranspose2d(dims // 2, dims // 4, 2, 2)
+        ]
+        dims = dims // 4
+    elif scale == 2.0:
+        pre, dims = [nn.ConvTranspose2d(dims, dims // 2, 2, 2)], dims // 2
+    elif scale == 1.0:
+        pre = []
+    elif scale == 0.5:
+        pre = [nn.MaxPool2d(2, 2)]
+    else:
+        raise ValueError(f'scale={scale} must be one of 4.0, 2.0, 1.0, 0.5.')
+    return nn.Sequential(*pre, nn.Conv2d(dims, out_channels, 1, bias=False),
+                         LayerNorm2d(out_channels),
+                         nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False),
+                         LayerNorm2d(out_channels))
+
+
+@MODELS.register_module()
+class TimmViTDet(BaseModule):
+    """timm ViT + simple feature pyramid.
+
+    Args:
+        img_size (int): Size the position embedding is defined at (resampled to any input).
+        patch_size (int): Patch size (the token map's stride).
+        embed_dims (int): Token width.
+        depth (int): Number of blocks.
+        num_heads (int): Attention heads.
+        mlp_ratio (float): MLP hidden width ratio.
+        out_channels (int): Channels of every pyramid level.
+        scales (Sequence[float]): Pyramid scales relative to the token map.
+        init_values (float, optional): LayerScale init (``None``: no LayerScale).
+        drop_path_rate (float): Stochastic depth.
+        init_cfg (dict, optional): mmengine init config.
+    """
+
+    def __init__(self,
+                 img_size: int = 224,
+                 patch_size: int = 16,
+                 embed_dims: int = 384,
+                 depth: int = 12,
+                 num_heads: int = 6,
+                 mlp_ratio: float = 4.0,
+                 out_channels: int = 256,
+                 scales: Sequence[float] = (4.0, 2.0, 1.0, 0.5),
+                 init_values: Optional[float] = None,
+                 drop_path_rate: float = 0.0,
+                 init_cfg: Optional[dict] = None) -> None:
+        super().__init__(init_cfg)
+        self.patch_size = patch_size
+        self.vit = VisionTransformer(
+            img_size=img_size, patch_size=patch_size, embed_dim=embed_dims, depth=depth,
+            num_heads=num_heads, mlp_ratio=mlp_ratio, qkv_bias=True, num_classes=0,
+            global_pool='', class_token=False, dynamic_img_size=True, init_values=init_values,
+            drop_path_rate=drop_path_rate)
+        self.pyramid = nn.ModuleList(_level(embed_dims, s, out_channels) for s in scales)
+
+    def embed(self, img: Tensor) -> Tuple[Tensor, Tuple[int, int]]:
+        """Tokens (with position embedding) and the token grid's (H, W)."""
+        hw = (img.shape[-2] // self.patch_size, img.shape[-1] // self.patch_size)
+        vit = self.vit
+        x = vit.norm_pre(vit.patch_drop(vit._pos_embed(vit.patch_embed(img))))
+        return x, hw
+
+    def tokens_to_map(self, x: Tensor, hw: Tuple[int, int]) -> Tensor:
+        x = self.vit.norm(x)
+        return x.transpose(1, 2).reshape(x.shape[0], x.shape[2], *hw)
+
+    def pyramid_forward(self, fmap: Tensor) -> Tuple[Tensor, ...]:
+        return tuple(level(fmap) for level in self.pyramid)
+
+    def forward(self, img: Tensor) -> Tuple[Tensor, ...]:
+        if img.shape[-2] % self.patch_size or img.shape[-1] % self.patch_size:
+            raise ValueError(f'input {tuple(img.shape[-2:])} is not divisible by the patch '
+                             f'size {self.patch_size}: pad it (data_preprocessor '
+                             'pad_size_divisor=32).')
+        x, hw = self.embed(img)
+        x = self.vit.blocks(x)
+        return self.pyramid_forward(self.tokens_to_map(x, hw))
+
+
+__all__ = ['TimmViTDet']

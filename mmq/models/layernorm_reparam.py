@@ -1,0 +1,56 @@
+"""LayerNorm scale reparameterization (RepQ-ViT), ``methods.md`` 4.
+
+Post-LayerNorm activations differ in range channel by channel. From per-channel
+``(s_c, z_c)`` take ``s~ = mean(s_c)``, ``z~ = round(mean(z_c))``, ``r = s_c / s~`` and
+``b = s~ (z~ - z_c)``; fold ``1 / r`` and ``-b`` into the LayerNorm and ``r``, ``b`` into the
+next Linear (creating a bias if needed). The float function is unchanged; the Linear's input
+then takes one per-tensor quantizer.
+"""
+from typing import List, Tuple
+
+import torch
+from mmcv.cnn.bricks.transformer import PatchMerging
+from mmdet.models.backbones.swin import SwinBlock
+from timm.models.vision_transformer import Block
+from torch import Tensor, nn
+
+from mmq.quantizers.uniform import range_to_params
+from .quant_linear import QuantLinear
+
+Pair = Tuple[nn.LayerNorm, QuantLinear]
+
+
+def layernorm_linear_pairs(module: nn.Module) -> List[Pair]:
+    """The (LayerNorm, the Linear it feeds) pairs inside one block, found by block type."""
+    if isinstance(module, SwinBlock):
+        pairs = [(module.norm1, module.attn.w_msa.qkv), (module.norm2, module.ffn.layers[0][0])]
+    elif isinstance(module, PatchMerging):
+        pairs = [(module.norm, module.reduction)]
+    elif isinstance(module, Block):
+        pairs = [(module.norm1, module.attn.qkv), (module.norm2, module.mlp.fc1)]
+    else:
+        return []
+    return [(ln, lin) for ln, lin in pairs
+            if isinstance(ln, nn.LayerNorm) and ln.elementwise_affine
+            and isinstance(lin, QuantLinear)]
+
+
+@torch.no_grad()
+def reparameterize(norm: nn.LayerNorm, linear: QuantLinear, ch_min: Tensor, ch_max: Tensor,
+                   bits: int) -> Tensor:
+    """Fold per-channel ranges ``[ch_min, ch_max]`` of the LayerNorm output; returns ``r``."""
+    s_c, z_c = range_to_params(ch_min.double(), ch_max.double(), bits)
+    s_t = s_c.mean()
+    z_t = torch.round(z_c.mean())
+    r = (s_c / s_t).clamp(1e-2, 1e2)
+    b = s_t * (z_t - z_c)
+    dtype = norm.weight.dtype
+    norm.weight.copy_((norm.weight.double() / r).to(dtype))
+    if norm.bias is None:
+        norm.bias = nn.Parameter(torch.zeros_like(norm.weight))
+    norm.bias.copy_((norm.bias.double() / r - b).to(dtype))
+    w = linear.weight.double() * r  # W diag(r)
+    bias = linear.ensure_bias()
+    bias.copy_((bias.double() + w @ b).to(dtype))
+    linear.weight.copy_(w.to(dtype))
+    return r.float()

@@ -1,0 +1,92 @@
+"""Quantized attention: mmdet's Swin ``WindowMSA`` and timm's ``Attention`` with both
+matmuls quantized (q, k, v per head; the post-Softmax matrix by its own quantizer).
+
+timm computes attention with fused scaled-dot-product attention by default; the quantized
+form computes the Softmax explicitly so the post-Softmax quantizer sees it.
+"""
+from typing import Optional
+
+from mmdet.models.backbones.swin import WindowMSA
+from timm.layers import Attention
+from torch import Tensor, nn
+
+from mmq.registry import MODELS
+from .quant_config import QuantConfig
+from .quant_matmul import QuantMatMul
+
+
+def _adopt(cls, module: nn.Module):
+    """A ``cls`` instance that shares ``module``'s parameters, buffers and children."""
+    new = cls.__new__(cls)
+    new.__dict__.update(module.__dict__)
+    new._parameters = dict(module._parameters)
+    new._buffers = dict(module._buffers)
+    new._modules = dict(module._modules)
+    return new
+
+
+def attach_matmuls(module: nn.Module, qcfg: QuantConfig) -> None:
+    """Add ``qk_matmul`` (q, k per head) and ``av_matmul`` (post-Softmax, v per head)."""
+    module.qk_matmul = QuantMatMul(qcfg.activation(ch_axis=1), qcfg.activation(ch_axis=1))
+    module.av_matmul = QuantMatMul(qcfg.post_softmax(), qcfg.activation(ch_axis=1))
+
+
+@MODELS.register_module()
+class QuantWindowMSA(WindowMSA):
+    """Swin window attention with quantized matmuls; parameter names of ``WindowMSA``."""
+
+    @classmethod
+    def from_float(cls, module: WindowMSA, qcfg: QuantConfig) -> 'QuantWindowMSA':
+        new = _adopt(cls, module)
+        attach_matmuls(new, qcfg)
+        return new
+
+    def forward(self, x: Tensor, mask: Optional[Tensor] = None) -> Tensor:
+        B, N, C = x.shape
+        qkv = self.qkv(x).reshape(B, N, 3, self.num_heads,
+                                  C // self.num_heads).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv[0], qkv[1], qkv[2]
+        attn = self.qk_matmul(q * self.scale, k.transpose(-2, -1))
+        bias = self.relative_position_bias_table[self.relative_position_index.view(-1)].view(
+            self.window_size[0] * self.window_size[1], self.window_size[0] * self.window_size[1],
+            -1).permute(2, 0, 1).contiguous()
+        attn = attn + bias.unsqueeze(0)
+        if mask is not None:
+            nW = mask.shape[0]
+            attn = attn.view(B // nW, nW, self.num_heads, N, N) + mask.unsqueeze(1).unsqueeze(0)
+            attn = attn.view(-1, self.num_heads, N, N)
+        attn = self.attn_drop(self.softmax(attn))
+        x = self.av_matmul(attn, v).transpose(1, 2).reshape(B, N, C)
+        return self.proj_drop(self.proj(x))
+
+
+@MODELS.register_module()
+class QuantTimmAttention(Attention):
+    """timm ``Attention`` with an explicit, quantized Softmax path (no fused SDPA)."""
+
+    @classmethod
+    def from_float(cls, module: Attention, qcfg: QuantConfig) -> 'QuantTimmAttention':
+        new = _adopt(cls, module)
+        attach_matmuls(new, qcfg)
+        return new
+
+    def forward(self, x: Tensor, attn_mask: Optional[Tensor] = None,
+                is_causal: bool = False) -> Tensor:
+        if is_causal:
+            raise ValueError('QuantTimmAttention does not support is_causal=True.')
+        B, N, C = x.shape
+        gate = getattr(self, 'gate', None)
+        gate = gate(x).sigmoid() if gate is not None else None
+        qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)
+        q, k = self.q_norm(q), self.k_norm(k)
+        attn = self.qk_matmul(q * self.scale, k.transpose(-2, -1))
+        if attn_mask is not None:
+            attn = attn + attn_mask
+        attn = self.attn_drop(attn.softmax(dim=-1))
+        x = self.av_matmul(attn, v)
+        x = x.transpose(1, 2).reshape(B, N, -1)
+        x = self.norm(x)
+        if gate is not None:
+            x = x * gate
+        return self.proj_drop(self.proj(x))

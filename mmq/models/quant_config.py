@@ -1,0 +1,98 @@
+"""What to quantize and how: bit widths, the quantizer of each activation role, and the
+calibration options. Configs give it as a plain dict (``quant_cfg=dict(...)``)."""
+from dataclasses import asdict, dataclass, fields
+from typing import Optional
+
+from mmq.quantizers import (GELU_SHIFT, AdaLogQuantizer, Log2Quantizer, LogSqrt2Quantizer,
+                            UniformQuantizer)
+from mmq.quantizers.validation import UNIFORM_BITS, check_bits
+
+POWER_LAW_QUANTIZERS = ('adalog', 'log2', 'logsqrt2', 'uniform')
+CALIBRATORS = ('fpcs', 'minmax', 'percentile')
+SCOPES = ('backbone', 'detector')
+
+
+@dataclass
+class QuantConfig:
+    """Quantization settings.
+
+    Args:
+        w_bits: Weight bit width (per output channel, uniform).
+        a_bits: Activation bit width.
+        softmax: Quantizer of the post-Softmax attention: 'adalog' | 'log2' | 'logsqrt2' |
+            'uniform'.
+        gelu: Quantizer of the post-GELU activation (the fc2 input), same choices.
+        calibrator: 'fpcs' (published), 'minmax' or 'percentile' (baselines).
+        scope: 'backbone' (default) or 'detector' (also neck and heads; ConvTranspose2d stays
+            float).
+        ln_reparam: LayerNorm scale reparameterization of the qkv / fc1 / reduction inputs.
+        rounds: Rounds of [weights, activations] output-MSE search after the self-MSE
+            initialisation (published: 3).
+        search_rows: Rows (tokens, patches) per layer that candidates are scored on.
+        search_windows: Attention maps (windows x images) per matmul scored.
+        dequant: Log-quantizer dequantization in evaluation: 'table' (integer kernel) or
+            'exact'.
+        fold_gelu_shift: Fold the post-GELU shift into fc2's bias (bias reparameterization).
+        percentile: Upper quantile for the 'percentile' calibrator.
+        seed: Seed of every row subsample.
+    """
+    w_bits: int = 4
+    a_bits: int = 4
+    softmax: str = 'adalog'
+    gelu: str = 'adalog'
+    calibrator: str = 'fpcs'
+    scope: str = 'backbone'
+    ln_reparam: bool = True
+    rounds: int = 1
+    search_rows: int = 512
+    search_windows: int = 64
+    dequant: str = 'table'
+    fold_gelu_shift: bool = True
+    percentile: float = 0.9999
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        check_bits(self.w_bits, UNIFORM_BITS, 'w_bits')
+        check_bits(self.a_bits, UNIFORM_BITS, 'a_bits')
+        for name, allowed in (('softmax', POWER_LAW_QUANTIZERS), ('gelu', POWER_LAW_QUANTIZERS),
+                              ('calibrator', CALIBRATORS), ('scope', SCOPES),
+                              ('dequant', ('table', 'exact'))):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f'quant_cfg.{name}={getattr(self, name)!r} is not one of '
+                                 f'{allowed}.')
+        for name in ('rounds', 'search_rows', 'search_windows'):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < (0 if name == 'rounds' else 1):
+                raise ValueError(f'quant_cfg.{name}={value!r} must be a positive integer.')
+
+    @classmethod
+    def from_dict(cls, cfg: Optional[dict]) -> 'QuantConfig':
+        """Build from a config dict, naming any unknown key."""
+        cfg = dict(cfg or {})
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(cfg) - known)
+        if unknown:
+            raise ValueError(f'unknown quant_cfg key(s) {unknown}; known: {sorted(known)}.')
+        return cls(**cfg)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    # Quantizer factories, one per role.
+    def weight(self) -> UniformQuantizer:
+        return UniformQuantizer(self.w_bits, ch_axis=0)
+
+    def activation(self, ch_axis: Optional[int] = None) -> UniformQuantizer:
+        return UniformQuantizer(self.a_bits, ch_axis=ch_axis)
+
+    def _power_law(self, kind: str, **log_kwargs):
+        if kind == 'uniform':
+            return UniformQuantizer(self.a_bits)
+        cls = dict(adalog=AdaLogQuantizer, log2=Log2Quantizer, logsqrt2=LogSqrt2Quantizer)[kind]
+        return cls(self.a_bits, dequant=self.dequant, **log_kwargs)
+
+    def post_softmax(self):
+        return self._power_law(self.softmax, fixed_scale=1.0)
+
+    def post_gelu(self):
+        return self._power_law(self.gelu, shift=GELU_SHIFT)

@@ -1,0 +1,95 @@
+"""``QuantLinear``: an ``nn.Linear`` with a per-channel weight quantizer and an input
+quantizer; its parameter names are the float layer's, so float checkpoints load unchanged."""
+from typing import Optional
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from mmq.quantizers.layer_schedule import CalibrationProblem
+from mmq.quantizers import fold_shift_into_bias
+from mmq.quantizers.base_quantizer import BaseQuantizer
+from mmq.registry import MODELS
+
+
+def sample_rows(x: Tensor, num: int, generator: torch.Generator) -> Tensor:
+    """A seeded subsample of ``num`` rows of ``x`` (``(rows, features)``)."""
+    if x.shape[0] <= num:
+        return x
+    idx = torch.randperm(x.shape[0], generator=generator)[:num]
+    return x[idx]
+
+
+@MODELS.register_module()
+class QuantLinear(nn.Linear):
+    """Linear layer with fake-quantized weight and input.
+
+    Args:
+        in_features, out_features, bias: As ``nn.Linear``.
+        weight_quantizer (BaseQuantizer, optional): Per-output-channel weight quantizer.
+        input_quantizer (BaseQuantizer, optional): Input quantizer; ``None`` keeps it float.
+    """
+
+    def __init__(self,
+                 in_features: int,
+                 out_features: int,
+                 bias: bool = True,
+                 weight_quantizer: Optional[BaseQuantizer] = None,
+                 input_quantizer: Optional[BaseQuantizer] = None) -> None:
+        super().__init__(in_features, out_features, bias)
+        self.weight_quantizer = weight_quantizer
+        self.input_quantizer = input_quantizer
+
+    @classmethod
+    def from_float(cls, linear: nn.Linear, weight_quantizer: Optional[BaseQuantizer],
+                   input_quantizer: Optional[BaseQuantizer]) -> 'QuantLinear':
+        """Wrap ``linear``'s own parameters (shared, not copied)."""
+        new = cls.__new__(cls)
+        nn.Module.__init__(new)
+        new.in_features, new.out_features = linear.in_features, linear.out_features
+        new.weight = linear.weight
+        new.bias = linear.bias
+        new.weight_quantizer = weight_quantizer
+        new.input_quantizer = input_quantizer
+        return new
+
+    def ensure_bias(self) -> Tensor:
+        """Create a zero bias if the layer has none (reparameterizations add to it)."""
+        if self.bias is None:
+            self.bias = nn.Parameter(torch.zeros(self.out_features, dtype=self.weight.dtype))
+        return self.bias
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        if self.bias is None and prefix + 'bias' in state_dict:
+            self.ensure_bias()
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    @torch.no_grad()
+    def fold_input_shift(self) -> bool:
+        """Bias reparameterization: if the input quantizer is ``Q(x + c) - c`` (post-GELU
+        AdaLog), fold ``-c W_q 1`` into the bias so the input is just ``Q(x + c)``."""
+        q = self.input_quantizer
+        if q is None or getattr(q, 'shift', 0.0) == 0.0 or bool(q.shift_folded):
+            return False
+        self.ensure_bias().copy_(fold_shift_into_bias(self.quantized_weight(), self.bias, q.shift))
+        q.shift_folded.fill_(True)
+        return True
+
+    def quantized_weight(self) -> Tensor:
+        w = self.weight
+        return self.weight_quantizer(w) if self.weight_quantizer is not None else w
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.input_quantizer is not None:
+            x = self.input_quantizer(x)
+        return F.linear(x, self.quantized_weight(), self.bias)
+
+    # calibration -------------------------------------------------------------------------
+    def sample_inputs(self, args: tuple, num: int, generator: torch.Generator) -> Tensor:
+        return sample_rows(args[0].detach().reshape(-1, self.in_features), num, generator)
+
+    def calibration_problem(self, rows: Tensor) -> CalibrationProblem:
+        return CalibrationProblem(
+            a=rows, b=self.weight.detach(), qa=self.input_quantizer, qb=self.weight_quantizer,
+            op=lambda a, b: torch.matmul(a, b.transpose(-1, -2)), out_axis_a=None,
+            out_axis_b=-1)

@@ -1,0 +1,105 @@
+"""The model transform: swap float modules for quantized ones by type, in eager mode.
+
+Placement (``methods.md`` 1-4): weights per output channel; Linear / Conv inputs per tensor;
+q, k and v per head; the post-Softmax matrix by ``qcfg.softmax`` (AdaLog by default); the
+post-GELU fc2 input by ``qcfg.gelu`` (shifted AdaLog by default); the patch-embedding input
+stays float; ConvTranspose2d, LayerNorm, Softmax and GELU stay float.
+"""
+from typing import Dict, Iterable
+
+from mmcv.cnn.bricks.transformer import FFN, PatchEmbed
+from mmdet.models.backbones.swin import WindowMSA
+from timm.layers import Attention, Mlp
+from timm.layers import PatchEmbed as TimmPatchEmbed
+from torch import nn
+
+from mmq.quantizers.base_quantizer import BaseQuantizer
+from .quant_attention import QuantTimmAttention, QuantWindowMSA
+from .quant_config import QuantConfig
+from .quant_conv import QuantConv2d
+from .quant_linear import QuantLinear
+from .quant_matmul import QuantMatMul
+
+QUANT_LAYERS = (QuantLinear, QuantConv2d, QuantMatMul)
+
+
+def _input_roles(model: nn.Module) -> Dict[int, str]:
+    """Which layers' inputs are special, found from the types around them."""
+    roles: Dict[int, str] = {}
+    for module in model.modules():
+        if isinstance(module, FFN):
+            # layers = [Sequential(fc1, act, Dropout), ..., fc_last, Dropout]: a Linear that
+            # follows a Sequential ending in (GELU, Dropout) takes post-GELU input.
+            act = None
+            for layer in module.layers:
+                if isinstance(layer, nn.Sequential) and len(layer) >= 2:
+                    act = layer[-2]
+                elif isinstance(layer, nn.Linear) and isinstance(act, nn.GELU):
+                    roles[id(layer)] = 'gelu'
+        elif isinstance(module, Mlp) and isinstance(module.act, nn.GELU) and isinstance(
+                module.norm, nn.Identity):
+            roles[id(module.fc2)] = 'gelu'
+        elif isinstance(module, PatchEmbed):
+            roles[id(module.projection)] = 'image'
+        elif isinstance(module, TimmPatchEmbed):
+            roles[id(module.proj)] = 'image'
+    return roles
+
+
+def _input_quantizer(role: str, qcfg: QuantConfig):
+    if role == 'image':
+        return None  # the patch-embedding input (pixels) stays float
+    if role == 'gelu':
+        return qcfg.post_gelu()
+    return qcfg.activation()
+
+
+def _swap(module: nn.Module, roles: Dict[int, str], qcfg: QuantConfig) -> nn.Module:
+    if isinstance(module, QUANT_LAYERS + (QuantWindowMSA, QuantTimmAttention)):
+        return module
+    if isinstance(module, nn.MultiheadAttention):
+        return module  # its out_proj is called functionally: leave it float
+    if isinstance(module, WindowMSA):
+        return QuantWindowMSA.from_float(module, qcfg)
+    if isinstance(module, Attention):
+        return QuantTimmAttention.from_float(module, qcfg)
+    role = roles.get(id(module), 'activation')
+    if isinstance(module, nn.Linear):
+        return QuantLinear.from_float(module, qcfg.weight(), _input_quantizer(role, qcfg))
+    if isinstance(module, nn.Conv2d) and module.groups == 1:
+        return QuantConv2d.from_float(module, qcfg.weight(), _input_quantizer(role, qcfg))
+    return module
+
+
+def _swap_children(parent: nn.Module, roles: Dict[int, str], qcfg: QuantConfig) -> None:
+    for name, child in list(parent.named_children()):
+        new = _swap(child, roles, qcfg)
+        if new is not child:
+            setattr(parent, name, new)
+        _swap_children(new, roles, qcfg)
+
+
+def quantize_modules(model: nn.Module, qcfg: QuantConfig) -> nn.Module:
+    """Swap every quantizable module of ``model`` (in place) and return it."""
+    roles = _input_roles(model)
+    _swap_children(model, roles, qcfg)
+    return model
+
+
+def quantizers(model: nn.Module) -> Iterable[BaseQuantizer]:
+    return (m for m in model.modules() if isinstance(m, BaseQuantizer))
+
+
+def set_quant_enabled(model: nn.Module, enabled: bool) -> None:
+    """Switch every quantizer of ``model`` on (quantized mode) or off (float mode)."""
+    for q in quantizers(model):
+        q.enabled = enabled
+
+
+def count_quant_layers(model: nn.Module) -> Dict[str, int]:
+    """How many layers of each quantized type ``model`` holds."""
+    counts: Dict[str, int] = {}
+    for m in model.modules():
+        if isinstance(m, QUANT_LAYERS):
+            counts[type(m).__name__] = counts.get(type(m).__name__, 0) + 1
+    return counts
