@@ -31,6 +31,9 @@ step() { printf '\n[mmq install %s] %s\n' "$(date +%H:%M:%S)" "$*"; }
 step "1/4 torch, torchvision and build tools (requirements/build.txt)"
 "${PIP[@]}" -q -r "$ROOT/requirements/build.txt"
 
+step "2/4 pinned runtime stack (requirements/runtime.txt)"
+"${PIP[@]}" -q -r "$ROOT/requirements/runtime.txt"
+
 mmcv_ok() {
     "$PYTHON" - <<EOF 2>/dev/null
 import mmcv
@@ -47,7 +50,7 @@ find_wheel() {  # print the first mmcv wheel for this Python in the folders give
     done | head -n 1
 }
 
-step "2/4 mmcv $MMCV_VERSION with compiled ops"
+step "3/4 mmcv $MMCV_VERSION with compiled ops"
 if mmcv_ok; then
     echo "mmcv $MMCV_VERSION with compiled ops is already installed."
 else
@@ -73,8 +76,8 @@ else
         start=$SECONDS
         while kill -0 "$pid" 2>/dev/null; do
             sleep 30
-            done_units=$(grep -c '^\[[0-9]*/[0-9]*\]' "$LOG" 2>/dev/null || true)
-            echo "  building mmcv: $((SECONDS - start)) s, ${done_units:-0} compile steps logged"
+            done_units=$(grep -c '^ *\[[0-9]*/[0-9]*\]' "$LOG" 2>/dev/null || true)
+            echo "  building mmcv: $((SECONDS - start)) s, ${done_units:-0}/77 compile units started"
         done
         wait "$pid" || { echo "mmcv build failed; see $LOG" >&2; exit 1; }
         rm -rf "$BUILD"
@@ -86,9 +89,6 @@ else
     "${PIP[@]}" -q --no-deps "$WHEEL"
     mmcv_ok || { echo "mmcv installed but its compiled ops do not import" >&2; exit 1; }
 fi
-
-step "3/4 pinned runtime stack (requirements/runtime.txt)"
-"${PIP[@]}" -q -r "$ROOT/requirements/runtime.txt"
 
 step "4/4 mmq itself (editable) and the test tools"
 "${PIP[@]}" -q --no-deps --no-build-isolation -e "$ROOT"

@@ -16,9 +16,11 @@ Objective = Callable[[Tensor], Tensor]
 def reduce_to_groups(err: Tensor, ch_axis: Optional[int]) -> Tensor:
     """Mean of ``err`` (``(K, *shape)``) over all axes but K and ``ch_axis`` of ``shape``."""
     if ch_axis is None:
-        return err.flatten(1).mean(dim=1, keepdim=True)
-    axis = ch_axis + 1 if ch_axis >= 0 else ch_axis
-    return err.movedim(axis, 1).flatten(2).mean(dim=2)
+        return err.reshape(err.shape[0], -1).mean(dim=1, keepdim=True)
+    axis = (ch_axis + 1 if ch_axis >= 0 else ch_axis) % err.dim()
+    dims = tuple(d for d in range(1, err.dim()) if d != axis)
+    out = err.mean(dim=dims) if dims else err
+    return out
 
 
 def _squared_error(out: Tensor, ref: Tensor) -> Tensor:

@@ -122,6 +122,9 @@ def fake_quant_uniform(x: Tensor, scale: Tensor, zero_point: Tensor, bits: int) 
     # round(clamp(v, -z, qmax - z)) == clamp(round(v), -z, qmax - z) for integer z; clamping
     # first keeps the gradient on codes that round onto the range's ends.
     qmax = 2**bits - 1
+    if not (torch.is_grad_enabled() and (x.requires_grad or scale.requires_grad)):
+        # No autograd (the search hot path): one allocation, the rest in place.
+        return (x / scale).round_().clamp_(-zero_point, qmax - zero_point).mul_(scale)
     return round_ste(torch.clamp(x / scale, -zero_point, qmax - zero_point)) * scale
 
 

@@ -1,0 +1,3 @@
+_base_ = ['./quant_runtime.py']
+quant_cfg = dict(
+    w_bits=6, a_bits=6, softmax='adalog', gelu='adalog', calibrator='fpcs', scope='backbone')

@@ -1,0 +1,2 @@
+_base_ = ['./cascade-mask-rcnn_swin-s-p4-w7_fpn_giou_4conv1f_ms-crop-3x_coco.py',
+          '../_base_/quant/w3a3_adalog.py']
