@@ -68,15 +68,15 @@ def _layernorm_reparam(unit: Unit, store: ActivationStore, bits: int) -> int:
         else:
             stats[id(layer)] = [lo, hi]
 
-    handles = [lin.register_forward_pre_hook(hook) for _, lin in pairs]
+    handles = [lin.register_forward_pre_hook(hook) for _, lin, _ in pairs]
     try:
         for item in store:
             unit.run(item)
     finally:
         for h in handles:
             h.remove()
-    for norm, lin in pairs:
-        reparameterize(norm, lin, *stats[id(lin)], bits)
+    for norm, lin, offset in pairs:
+        reparameterize(norm, lin, *stats[id(lin)], bits, offset)
     return 1
 
 
@@ -135,7 +135,7 @@ def calibrate_unit(unit: Unit, store: ActivationStore, qcfg: QuantConfig,
                 raise ValueError(f'{e} (calibration unit {unit.name}); the float model '
                                  'produces NaN/Inf on the calibration images.') from None
         problem = layer.calibration_problem(sample)
-        sqnr_init, sqnr = solve(problem, qcfg.calibrator, qcfg.rounds, qcfg.percentile,
+        sqnr_init, sqnr = solve(problem, qcfg.make_calibrator, qcfg.rounds,
                                 b_is_weight=not isinstance(layer, QuantMatMul))
         folded = (qcfg.fold_gelu_shift and isinstance(layer, QuantLinear)
                   and layer.fold_input_shift())

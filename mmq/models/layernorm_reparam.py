@@ -6,7 +6,7 @@ Post-LayerNorm activations differ in range channel by channel. From per-channel
 next Linear (creating a bias if needed). The float function is unchanged; the Linear's input
 then takes one per-tensor quantizer.
 """
-from typing import List, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 from mmcv.cnn.bricks.transformer import PatchMerging
@@ -17,28 +17,38 @@ from torch import Tensor, nn
 from mmq.quantizers.uniform import range_to_params
 from .quant_linear import QuantLinear
 
-Pair = Tuple[nn.LayerNorm, QuantLinear]
+# (LayerNorm, the Linear it feeds, the buffer that must hold the offset b or None)
+Pair = Tuple[nn.LayerNorm, QuantLinear, Optional[Tensor]]
 
 
 def layernorm_linear_pairs(module: nn.Module) -> List[Pair]:
-    """The (LayerNorm, the Linear it feeds) pairs inside one block, found by block type."""
+    """The (LayerNorm, Linear, offset buffer) triples inside one block, found by block type.
+
+    Swin's window attention zero-pads its (normalised) input: its offset buffer keeps the
+    padding equal to the float model's after reparameterization.
+    """
     if isinstance(module, SwinBlock):
-        pairs = [(module.norm1, module.attn.w_msa.qkv), (module.norm2, module.ffn.layers[0][0])]
+        pairs = [(module.norm1, module.attn.w_msa.qkv,
+                  getattr(module.attn.w_msa, 'pad_offset', None)),
+                 (module.norm2, module.ffn.layers[0][0], None)]
     elif isinstance(module, PatchMerging):
-        pairs = [(module.norm, module.reduction)]
+        pairs = [(module.norm, module.reduction, None)]
     elif isinstance(module, Block):
-        pairs = [(module.norm1, module.attn.qkv), (module.norm2, module.mlp.fc1)]
+        pairs = [(module.norm1, module.attn.qkv, None), (module.norm2, module.mlp.fc1, None)]
     else:
         return []
-    return [(ln, lin) for ln, lin in pairs
+    return [(ln, lin, off) for ln, lin, off in pairs
             if isinstance(ln, nn.LayerNorm) and ln.elementwise_affine
             and isinstance(lin, QuantLinear)]
 
 
 @torch.no_grad()
 def reparameterize(norm: nn.LayerNorm, linear: QuantLinear, ch_min: Tensor, ch_max: Tensor,
-                   bits: int) -> Tensor:
-    """Fold per-channel ranges ``[ch_min, ch_max]`` of the LayerNorm output; returns ``r``."""
+                   bits: int, offset: Optional[Tensor] = None) -> Tensor:
+    """Fold per-channel ranges ``[ch_min, ch_max]`` of the LayerNorm output; returns ``r``.
+
+    ``offset``, if given, receives ``b`` (added to it: reparameterization composes).
+    """
     s_c, z_c = range_to_params(ch_min.double(), ch_max.double(), bits)
     s_t = s_c.mean()
     z_t = torch.round(z_c.mean())
@@ -53,4 +63,6 @@ def reparameterize(norm: nn.LayerNorm, linear: QuantLinear, ch_min: Tensor, ch_m
     bias = linear.ensure_bias()
     bias.copy_((bias.double() + w @ b).to(dtype))
     linear.weight.copy_(w.to(dtype))
+    if offset is not None:
+        offset.copy_((offset.double() / r + b).to(offset.dtype))
     return r.float()

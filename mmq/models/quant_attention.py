@@ -6,7 +6,8 @@ form computes the Softmax explicitly so the post-Softmax quantizer sees it.
 """
 from typing import Optional
 
-from mmdet.models.backbones.swin import WindowMSA
+import torch
+from mmdet.models.backbones.swin import ShiftWindowMSA, WindowMSA
 from timm.layers import Attention
 from torch import Tensor, nn
 
@@ -33,15 +34,23 @@ def attach_matmuls(module: nn.Module, qcfg: QuantConfig) -> None:
 
 @MODELS.register_module()
 class QuantWindowMSA(WindowMSA):
-    """Swin window attention with quantized matmuls; parameter names of ``WindowMSA``."""
+    """Swin window attention with quantized matmuls; parameter names of ``WindowMSA``.
+
+    ``pad_offset`` (zero until LayerNorm reparameterization sets it to the per-channel
+    offset ``b``) is subtracted from the input: :class:`QuantShiftWindowMSA` adds it before
+    zero-padding, so padded tokens are ``-b`` in the reparameterized space -- exactly the
+    zeros they are in the float model.
+    """
 
     @classmethod
     def from_float(cls, module: WindowMSA, qcfg: QuantConfig) -> 'QuantWindowMSA':
         new = _adopt(cls, module)
         attach_matmuls(new, qcfg)
+        new.register_buffer('pad_offset', torch.zeros(module.embed_dims))
         return new
 
     def forward(self, x: Tensor, mask: Optional[Tensor] = None) -> Tensor:
+        x = x - self.pad_offset
         B, N, C = x.shape
         qkv = self.qkv(x).reshape(B, N, 3, self.num_heads,
                                   C // self.num_heads).permute(2, 0, 3, 1, 4)
@@ -58,6 +67,22 @@ class QuantWindowMSA(WindowMSA):
         attn = self.attn_drop(self.softmax(attn))
         x = self.av_matmul(attn, v).transpose(1, 2).reshape(B, N, C)
         return self.proj_drop(self.proj(x))
+
+
+@MODELS.register_module()
+class QuantShiftWindowMSA(ShiftWindowMSA):
+    """``ShiftWindowMSA`` whose zero padding stays zero after LayerNorm reparameterization
+    (see :class:`QuantWindowMSA`)."""
+
+    @classmethod
+    def from_float(cls, module: ShiftWindowMSA, qcfg: QuantConfig) -> 'QuantShiftWindowMSA':
+        return _adopt(cls, module)
+
+    def forward(self, query: Tensor, hw_shape) -> Tensor:
+        offset = getattr(self.w_msa, 'pad_offset', None)
+        if offset is not None:
+            query = query + offset
+        return super().forward(query, hw_shape)
 
 
 @MODELS.register_module()

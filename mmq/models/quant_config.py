@@ -3,8 +3,10 @@ calibration options. Configs give it as a plain dict (``quant_cfg=dict(...)``)."
 from dataclasses import asdict, dataclass, fields
 from typing import Optional
 
-from mmq.quantizers import (GELU_SHIFT, AdaLogQuantizer, Log2Quantizer, LogSqrt2Quantizer,
+from mmq.quantizers import (GELU_SHIFT, AdaLogQuantizer, FPCSCalibrator, Log2Quantizer,
+                            LogSqrt2Quantizer, MinMaxCalibrator, PercentileCalibrator,
                             UniformQuantizer)
+from mmq.quantizers.fpcs import LogSchedule, UniformSchedule
 from mmq.quantizers.validation import UNIFORM_BITS, check_bits
 
 POWER_LAW_QUANTIZERS = ('adalog', 'log2', 'logsqrt2', 'uniform')
@@ -34,6 +36,9 @@ class QuantConfig:
             'exact'.
         fold_gelu_shift: Fold the post-GELU shift into fc2's bias (bias reparameterization).
         percentile: Upper quantile for the 'percentile' calibrator.
+        uniform_schedule: Overrides of the uniform FPCS schedule
+            (:class:`mmq.quantizers.UniformSchedule`; published defaults when empty).
+        log_schedule: Overrides of the log FPCS schedule (:class:`mmq.quantizers.LogSchedule`).
         seed: Seed of every row subsample.
     """
     w_bits: int = 4
@@ -49,6 +54,8 @@ class QuantConfig:
     dequant: str = 'table'
     fold_gelu_shift: bool = True
     percentile: float = 0.9999
+    uniform_schedule: Optional[dict] = None
+    log_schedule: Optional[dict] = None
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -60,6 +67,12 @@ class QuantConfig:
             if getattr(self, name) not in allowed:
                 raise ValueError(f'quant_cfg.{name}={getattr(self, name)!r} is not one of '
                                  f'{allowed}.')
+        for name, schedule in (('uniform_schedule', UniformSchedule),
+                               ('log_schedule', LogSchedule)):
+            try:
+                schedule(**(getattr(self, name) or {}))
+            except TypeError as e:
+                raise ValueError(f'quant_cfg.{name}={getattr(self, name)!r}: {e}') from None
         for name in ('rounds', 'search_rows', 'search_windows'):
             value = getattr(self, name)
             if not isinstance(value, int) or value < (0 if name == 'rounds' else 1):
@@ -77,6 +90,14 @@ class QuantConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def make_calibrator(self, role: str):
+        """The calibrator of an operand of ``role`` ('weight' or 'activation')."""
+        if self.calibrator == 'fpcs':
+            return FPCSCalibrator(role, self.uniform_schedule, self.log_schedule)
+        if self.calibrator == 'minmax':
+            return MinMaxCalibrator()
+        return PercentileCalibrator(lower=1 - self.percentile, upper=self.percentile)
 
     # Quantizer factories, one per role.
     def weight(self) -> UniformQuantizer:

@@ -64,14 +64,14 @@ class QuantLinear(nn.Linear):
             self.ensure_bias()
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
-    @torch.no_grad()
     def fold_input_shift(self) -> bool:
-        """Bias reparameterization: if the input quantizer is ``Q(x + c) - c`` (post-GELU
-        AdaLog), fold ``-c W_q 1`` into the bias so the input is just ``Q(x + c)``."""
+        """Bias reparameterization: once the post-GELU input quantizer ``Q(x + c) - c`` is
+        calibrated, feed ``Q(x + c)`` (non-negative, no subtraction) and fold ``-c W_q 1``
+        into the bias (computed in :meth:`forward` from the current quantized weight, so
+        float mode stays exact)."""
         q = self.input_quantizer
         if q is None or getattr(q, 'shift', 0.0) == 0.0 or bool(q.shift_folded):
             return False
-        self.ensure_bias().copy_(fold_shift_into_bias(self.quantized_weight(), self.bias, q.shift))
         q.shift_folded.fill_(True)
         return True
 
@@ -80,9 +80,12 @@ class QuantLinear(nn.Linear):
         return self.weight_quantizer(w) if self.weight_quantizer is not None else w
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.input_quantizer is not None:
-            x = self.input_quantizer(x)
-        return F.linear(x, self.quantized_weight(), self.bias)
+        weight, bias, q = self.quantized_weight(), self.bias, self.input_quantizer
+        if q is not None:
+            x = q(x)
+            if q.is_active and bool(getattr(q, 'shift_folded', False)):
+                bias = fold_shift_into_bias(weight, bias, q.shift)
+        return F.linear(x, weight, bias)
 
     # calibration -------------------------------------------------------------------------
     def sample_inputs(self, args: tuple, num: int, generator: torch.Generator) -> Tensor:

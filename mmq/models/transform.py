@@ -8,13 +8,13 @@ stays float; ConvTranspose2d, LayerNorm, Softmax and GELU stay float.
 from typing import Dict, Iterable
 
 from mmcv.cnn.bricks.transformer import FFN, PatchEmbed
-from mmdet.models.backbones.swin import WindowMSA
+from mmdet.models.backbones.swin import ShiftWindowMSA, WindowMSA
 from timm.layers import Attention, Mlp
 from timm.layers import PatchEmbed as TimmPatchEmbed
 from torch import nn
 
 from mmq.quantizers.base_quantizer import BaseQuantizer
-from .quant_attention import QuantTimmAttention, QuantWindowMSA
+from .quant_attention import QuantShiftWindowMSA, QuantTimmAttention, QuantWindowMSA
 from .quant_config import QuantConfig
 from .quant_conv import QuantConv2d
 from .quant_linear import QuantLinear
@@ -55,12 +55,15 @@ def _input_quantizer(role: str, qcfg: QuantConfig):
 
 
 def _swap(module: nn.Module, roles: Dict[int, str], qcfg: QuantConfig) -> nn.Module:
-    if isinstance(module, QUANT_LAYERS + (QuantWindowMSA, QuantTimmAttention)):
+    if isinstance(module, QUANT_LAYERS + (QuantWindowMSA, QuantShiftWindowMSA,
+                                          QuantTimmAttention)):
         return module
     if isinstance(module, nn.MultiheadAttention):
         return module  # its out_proj is called functionally: leave it float
     if isinstance(module, WindowMSA):
         return QuantWindowMSA.from_float(module, qcfg)
+    if isinstance(module, ShiftWindowMSA):
+        return QuantShiftWindowMSA.from_float(module, qcfg)
     if isinstance(module, Attention):
         return QuantTimmAttention.from_float(module, qcfg)
     role = roles.get(id(module), 'activation')
@@ -75,6 +78,7 @@ def _swap_children(parent: nn.Module, roles: Dict[int, str], qcfg: QuantConfig) 
     for name, child in list(parent.named_children()):
         new = _swap(child, roles, qcfg)
         if new is not child:
+            new.train(child.training)  # new quantizers follow the module's train/eval mode
             setattr(parent, name, new)
         _swap_children(new, roles, qcfg)
 

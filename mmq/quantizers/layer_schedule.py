@@ -11,7 +11,7 @@ from typing import Callable, Optional, Tuple
 import torch
 from torch import Tensor
 
-from .calibrators import FPCSCalibrator, MinMaxCalibrator, PercentileCalibrator
+from .calibrators import FPCSCalibrator
 from .base_quantizer import BaseQuantizer
 from .objectives import output_mse, self_mse
 
@@ -45,39 +45,32 @@ class CalibrationProblem:
         return float(10 * torch.log10(ref.pow(2).mean().clamp_min(1e-30) / noise))
 
 
-def build_calibrator(kind: str, role: str, percentile: float):
-    """The calibrator a QuantConfig names, for an operand of ``role``."""
-    if kind == 'fpcs':
-        return FPCSCalibrator(role=role)
-    if kind == 'minmax':
-        return MinMaxCalibrator()
-    return PercentileCalibrator(lower=1 - percentile, upper=percentile)
+CalibratorFactory = Callable[[str], object]  # role ('weight' / 'activation') -> calibrator
 
 
-def solve(problem: CalibrationProblem, kind: str, rounds: int, percentile: float,
+def solve(problem: CalibrationProblem, make_calibrator: CalibratorFactory, rounds: int,
           b_is_weight: bool) -> Tuple[float, float]:
-    """Calibrate both operands: self-MSE initialisation, then ``rounds`` of output-MSE search
-    alternating [b with a quantized, a with b quantized] (FPCS only).
+    """Calibrate both operands: initialise each on its own tensor (self-MSE for FPCS), then,
+    for an output-aware (FPCS) calibrator, ``rounds`` of output-MSE search alternating
+    [b with a quantized, a with b quantized].
 
     Returns the layer's output SQNR (dB) after the initialisation and at the end.
     """
     roles = dict(a='activation', b='weight' if b_is_weight else 'activation')
     operands = [('b', problem.b, problem.qb), ('a', problem.a, problem.qa)]
+    calibrators = {which: make_calibrator(roles[which]) for which in roles}
     for which, x, q in operands:
         if q is not None:
-            calibrator = build_calibrator(kind, roles[which], percentile)
-            calibrator(q, x, self_mse(x, getattr(q, 'ch_axis', None)) if kind == 'fpcs' else None)
+            calibrators[which](q, x, self_mse(x, getattr(q, 'ch_axis', None)))
     sqnr_init = problem.sqnr_db()
-    if kind != 'fpcs':
+    if not isinstance(calibrators['a'], FPCSCalibrator):
         return sqnr_init, sqnr_init
-    ref = None
+    with torch.no_grad():
+        ref = problem.op(problem.a, problem.b)
     for _ in range(rounds):
         for which, x, q in operands:
             if q is None:
                 continue
-            if ref is None:
-                with torch.no_grad():
-                    ref = problem.op(problem.a, problem.b)
             if which == 'b':
                 other = problem.quantized('a')
                 forward = (lambda xq, o=other: problem.op(o, xq))
@@ -86,5 +79,5 @@ def solve(problem: CalibrationProblem, kind: str, rounds: int, percentile: float
                 other = problem.quantized('b')
                 forward = (lambda xq, o=other: problem.op(xq, o))
                 axis = problem.out_axis_a
-            FPCSCalibrator(role=roles[which])(q, x, output_mse(forward, ref, axis))
+            calibrators[which](q, x, output_mse(forward, ref, axis))
     return sqnr_init, problem.sqnr_db()

@@ -1,0 +1,67 @@
+"""Shared fixtures: a generated COCO-format dataset and a small-input stock Swin config."""
+import os.path as osp
+
+import pytest
+from mmengine.config import Config
+
+from mmq.data import CATEGORIES, generate_shapes_coco
+
+STOCK_SWIN = 'mmdet::swin/mask-rcnn_swin-t-p4-w7_fpn_1x_coco.py'
+# A reduced FPCS schedule keeps the suite in the CI budget; the published one is the default.
+FAST_QUANT = dict(
+    w_bits=4,
+    a_bits=4,
+    search_rows=64,
+    search_windows=4,
+    rounds=1,
+    uniform_schedule=dict(num_candidates=32, width=4, steps=3),
+    log_schedule=dict(keep_bases=4, num_scales=8, width=8, steps=2))
+
+
+@pytest.fixture(scope='session')
+def shapes_data(tmp_path_factory):
+    root = str(tmp_path_factory.mktemp('shapes'))
+    generate_shapes_coco(root, num_train=6, num_val=3, height=160, width=224, seed=0)
+    return root
+
+
+def swin_config(data_root: str, work_dir: str, quant_cfg: dict, tmp_path) -> Config:
+    """The stock Swin-T Mask R-CNN config, pointed at generated data, small test size."""
+    cfg_file = osp.join(str(tmp_path), 'swin_quant.py')
+    with open(cfg_file, 'w') as f:
+        f.write(f"_base_ = ['{STOCK_SWIN}']\n")
+    cfg = Config.fromfile(cfg_file)
+    classes = tuple(CATEGORIES)
+    cfg.model.backbone.init_cfg = None
+    cfg.model.roi_head.bbox_head.num_classes = len(classes)
+    cfg.model.roi_head.mask_head.num_classes = len(classes)
+    cfg.model.test_cfg.rpn.nms_pre = 300
+    cfg.model.test_cfg.rpn.max_per_img = 100
+    cfg.model.test_cfg.rcnn.score_thr = 0.0
+    size = (224, 160)
+    for loader, split in (('train_dataloader', 'train'), ('val_dataloader', 'val'),
+                          ('test_dataloader', 'val')):
+        ds = cfg[loader].dataset
+        ds.data_root = data_root
+        ds.ann_file = f'annotations/instances_{split}.json'
+        ds.data_prefix = dict(img=f'{split}/')
+        ds.metainfo = dict(classes=classes)
+        for t in ds.pipeline:
+            if t['type'] == 'Resize':
+                t['scale'] = size
+        cfg[loader].num_workers = 0
+        cfg[loader].persistent_workers = False
+        cfg[loader].batch_size = 1
+    cfg.train_dataloader.dataset.filter_cfg = dict(filter_empty_gt=True, min_size=1)
+    for ev in ('val_evaluator', 'test_evaluator'):
+        cfg[ev].ann_file = osp.join(data_root, 'annotations/instances_val.json')
+    cfg.test_pipeline = cfg.test_dataloader.dataset.pipeline
+    cfg.work_dir = work_dir
+    cfg.custom_imports = dict(imports=['mmq'], allow_failed_imports=False)
+    cfg.quant_cfg = quant_cfg
+    cfg.custom_hooks = [
+        dict(type='mmq.QuantCalibrationHook', num_images=2, require_checkpoint=False)
+    ]
+    cfg.default_hooks.logger.interval = 1
+    cfg.log_level = 'WARNING'
+    return cfg

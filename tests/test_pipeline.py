@@ -1,0 +1,133 @@
+"""End to end on the stock Swin-T Mask R-CNN config (random weights, generated COCO data)."""
+import copy
+import json
+import os.path as osp
+
+import numpy as np
+import pytest
+import torch
+from mmengine.runner import Runner
+
+import mmq
+from mmq.models import count_quant_layers, set_quant_enabled
+from .conftest import FAST_QUANT, swin_config
+
+
+def _images(n, h=160, w=224, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(1, 3, h, w, generator=g) for _ in range(n)]
+
+
+@pytest.fixture(scope='module')
+def swin_backbone():
+    from mmdet.models.backbones import SwinTransformer
+    torch.manual_seed(0)
+    model = SwinTransformer(embed_dims=96, depths=[2, 2, 6, 2], num_heads=[3, 6, 12, 24],
+                            window_size=7, convert_weights=False)
+    model.eval()
+    return model
+
+
+@pytest.fixture(scope='module')
+def calibrated(swin_backbone):
+    model = copy.deepcopy(swin_backbone)
+    report = mmq.quantize(model, _images(2), FAST_QUANT)
+    return model, report
+
+
+def test_every_block_linear_and_matmul_is_quantized(calibrated):
+    model, report = calibrated
+    counts = count_quant_layers(model)
+    # Swin-T: 12 blocks x (qkv, proj, fc1, fc2) + 3 PatchMerging reductions = 51 Linear;
+    # 12 blocks x 2 attention matmuls; the patch-embedding conv.
+    assert counts == dict(QuantLinear=51, QuantMatMul=24, QuantConv2d=1)
+    assert report['layer_counts'] == counts
+    assert len(report['units']) == 16  # embed, 12 blocks, 3 downsamples
+    # Each unit's inputs went through it 3 times (LN stats, capture, output): constant.
+    assert {u['unit_passes'] for u in report['units'] if u['unit'].startswith('stages.')
+            and 'blocks' in u['unit']} == {3}
+
+
+def test_float_mode_after_reparameterization_matches_original(swin_backbone, calibrated):
+    model, _ = calibrated
+    x = _images(1, seed=1)[0]
+    with torch.no_grad():
+        ref = swin_backbone(x)
+        set_quant_enabled(model, False)
+        try:
+            out = model(x)
+        finally:
+            set_quant_enabled(model, True)
+        quant = model(x)
+    for r, o, q in zip(ref, out, quant):
+        # LayerNorm reparameterization and the folded GELU shift change no float function:
+        # measured max |diff| ~1e-5 on outputs of magnitude ~1.
+        assert (o - r).abs().max() < 1e-3
+        assert not torch.equal(q, r)  # quantized mode really quantizes
+
+
+def test_quantized_outputs_track_float(swin_backbone, calibrated):
+    model, report = calibrated
+    x = _images(1, seed=2)[0]
+    with torch.no_grad():
+        ref, quant = swin_backbone(x), model(x)
+    for r, q in zip(ref, quant):
+        cos = torch.nn.functional.cosine_similarity(r.flatten(), q.flatten(), dim=0)
+        assert cos > 0.8
+    for unit in report['units']:
+        for layer in unit['layers']:
+            assert np.isfinite(layer['sqnr_db']) and layer['sqnr_db'] > 5
+
+
+def test_save_load_bit_identical(swin_backbone, calibrated, tmp_path):
+    model, report = calibrated
+    path = mmq.save_quantized_state(model, str(tmp_path / 'q.pth'),
+                                    mmq.QuantConfig.from_dict(report['quant_cfg']))
+    fresh = copy.deepcopy(swin_backbone)
+    mmq.load_quantized_state(fresh, path)
+    x = _images(1, seed=3)[0]
+    with torch.no_grad():
+        for a, b in zip(model(x), fresh(x)):
+            assert torch.equal(a, b)
+    with pytest.raises(ValueError, match='does not match'):
+        mmq.load_quantized_state(copy.deepcopy(swin_backbone), path, dict(w_bits=6, a_bits=6))
+
+
+def test_errors_are_clear(swin_backbone):
+    with pytest.raises(ValueError, match='calibration set is empty'):
+        mmq.quantize(copy.deepcopy(swin_backbone), [], FAST_QUANT)
+    bad = _images(1)
+    bad[0][0, 0, 0, 0] = float('nan')
+    with pytest.raises(ValueError, match='non-finite'):
+        mmq.quantize(copy.deepcopy(swin_backbone), bad, FAST_QUANT)
+    with pytest.raises(TypeError, match='unsupported backbone ResNet'):
+        from mmdet.models.backbones import ResNet
+        mmq.quantize(ResNet(18), _images(1), FAST_QUANT)
+    with pytest.raises(ValueError, match='w_bits=9'):
+        mmq.QuantConfig(w_bits=9)
+    with pytest.raises(ValueError, match='unknown quant_cfg key'):
+        mmq.QuantConfig.from_dict(dict(wbits=4))
+    with pytest.raises(FileNotFoundError, match='does not exist'):
+        mmq.load_quantized_state(copy.deepcopy(swin_backbone), '/nonexistent/q.pth')
+
+
+def test_runner_test_with_coco_metric(shapes_data, tmp_path):
+    work_dir = str(tmp_path / 'work')
+    cfg = swin_config(shapes_data, work_dir, FAST_QUANT, tmp_path)
+    runner = Runner.from_cfg(cfg)
+    metrics = runner.test()
+    for key in ('coco/bbox_mAP', 'coco/segm_mAP', 'coco/bbox_mAP_50'):
+        assert key in metrics and 0.0 <= metrics[key] <= 1.0
+    report = json.load(open(osp.join(work_dir, 'calibration_report.json')))
+    assert report['status'] == 'done' and report['num_images'] == 2
+    # Calibration images come from the training split.
+    assert all('/train/' in p for p in report['calibration_images'])
+    assert osp.isfile(osp.join(work_dir, 'quantized_state.pth'))
+
+
+def test_hook_requires_a_checkpoint(shapes_data, tmp_path):
+    cfg = swin_config(shapes_data, str(tmp_path / 'w'), FAST_QUANT, tmp_path)
+    cfg.custom_hooks = [dict(type='mmq.QuantCalibrationHook', num_images=2)]
+    runner = Runner.from_cfg(cfg)
+    with pytest.raises(ValueError, match='no float checkpoint'):
+        runner.test()
