@@ -75,9 +75,21 @@ def build_config(args: argparse.Namespace) -> Config:
     return cfg
 
 
+def init_cpu_distributed(cfg: Config) -> None:
+    """mmengine's pytorch launcher calls ``torch.cuda.set_device``, which fails without a GPU:
+    on a CPU-only machine start the gloo process group here and let the Runner find it."""
+    import torch
+    import torch.distributed as dist
+    if cfg.launcher != 'pytorch' or torch.cuda.is_available() or dist.is_initialized():
+        return
+    dist.init_process_group(backend='gloo')
+    cfg.launcher = 'none'  # the group exists: samplers and metrics are distributed by it
+
+
 def main() -> None:
     args = parse_args()
     cfg = build_config(args)
+    init_cpu_distributed(cfg)
     runner = Runner.from_cfg(cfg)
     metrics = runner.test()
     runner.logger.info(f'[mmq] quantized model metrics: {metrics}')

@@ -1,0 +1,80 @@
+"""The same transform and calibration on timm ViTs: a plain classifier and the ViTDet-style
+backbone in a Mask R-CNN."""
+import copy
+
+import pytest
+import torch
+from timm.models.vision_transformer import VisionTransformer
+
+import mmq
+from mmq.models import (QuantTimmAttention, QuantTimmViTDet, TimmViTDet, count_quant_layers,
+                        set_quant_enabled)
+from .conftest import FAST_QUANT
+
+
+def _images(n, size=64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(1, 3, size, size, generator=g) for _ in range(n)]
+
+
+@pytest.fixture(scope='module')
+def vit():
+    torch.manual_seed(0)
+    model = VisionTransformer(img_size=64, patch_size=16, embed_dim=64, depth=2, num_heads=2,
+                              num_classes=10, init_values=1e-1)  # with LayerScale
+    return model.eval()
+
+
+def test_timm_classifier_quantizes_and_tracks_float(vit):
+    model = copy.deepcopy(vit)
+    report = mmq.quantize(model, _images(2), FAST_QUANT)
+    counts = count_quant_layers(model)
+    # 2 blocks x (qkv, proj, fc1, fc2) + head; 2 matmuls per block; the patch embedding.
+    assert counts == dict(QuantLinear=9, QuantMatMul=4, QuantConv2d=1)
+    assert sum(isinstance(m, QuantTimmAttention) for m in model.modules()) == 2
+    assert [u['unit'] for u in report['units']] == ['patch_embed', 'blocks.0', 'blocks.1', 'head']
+    x = _images(1, seed=5)[0]
+    with torch.no_grad():
+        ref = vit(x)
+        quant = model(x)
+        set_quant_enabled(model, False)
+        floated = model(x)
+    # The explicit-Softmax attention and the reparameterizations keep the float function
+    # (timm's own path is fused SDPA): measured max |diff| ~1e-6.
+    torch.testing.assert_close(floated, ref, rtol=0, atol=1e-4)
+    assert torch.nn.functional.cosine_similarity(quant.flatten(), ref.flatten(), 0) > 0.9
+
+
+def test_vitdet_backbone_in_mask_rcnn(shapes_data, tmp_path):
+    from mmdet.registry import MODELS
+    from mmdet.utils import register_all_modules
+    from mmengine.config import Config
+    register_all_modules()
+    cfg_file = tmp_path / 'vitdet.py'
+    cfg_file.write_text(
+        "_base_ = ['mmdet::swin/mask-rcnn_swin-t-p4-w7_fpn_1x_coco.py']\n"
+        "model = dict(backbone=dict(_delete_=True, type='mmq.QuantTimmViTDet', img_size=64,\n"
+        "    embed_dims=64, depth=2, num_heads=2, out_channels=64,\n"
+        "    quant_cfg=dict(w_bits=4, a_bits=4)),\n"
+        "    neck=dict(in_channels=[64, 64, 64, 64]))\n")
+    cfg = Config.fromfile(str(cfg_file))
+    torch.manual_seed(0)
+    detector = MODELS.build(cfg.model)
+    detector.eval()
+    assert isinstance(detector.backbone, QuantTimmViTDet)
+    img = torch.randn(1, 3, 64, 96)
+    with torch.no_grad():
+        feats = detector.backbone(img)
+    assert [tuple(f.shape[-2:]) for f in feats] == [(16, 24), (8, 12), (4, 6), (2, 3)]
+    report = mmq.quantize(detector.backbone, [img, torch.randn(1, 3, 64, 96)], FAST_QUANT)
+    assert report['units'][-1]['unit'] == 'pyramid'
+    # Pyramid convs are quantized; its ConvTranspose2d stay float.
+    assert count_quant_layers(detector.backbone)['QuantConv2d'] == 1 + 8
+    with torch.no_grad():
+        quant_feats = detector.backbone(img)
+    assert all(torch.isfinite(f).all() for f in quant_feats)
+
+
+def test_vitdet_rejects_unpadded_input():
+    with pytest.raises(ValueError, match='not divisible'):
+        TimmViTDet(img_size=64, embed_dims=32, depth=1, num_heads=2)(torch.randn(1, 3, 60, 64))
