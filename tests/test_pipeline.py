@@ -125,6 +125,23 @@ def test_runner_test_with_coco_metric(shapes_data, tmp_path):
     assert osp.isfile(osp.join(work_dir, 'quantized_state.pth'))
 
 
+def test_detector_scope_quantizes_neck_and_heads(shapes_data, tmp_path):
+    work_dir = str(tmp_path / 'work')
+    cfg = swin_config(shapes_data, work_dir, dict(FAST_QUANT, scope='detector'), tmp_path)
+    metrics = Runner.from_cfg(cfg).test()
+    assert 0.0 <= metrics['coco/segm_mAP'] <= 1.0
+    report = json.load(open(osp.join(work_dir, 'calibration_report.json')))
+    counts = report['layer_counts']
+    # Backbone 51 Linear + RoI box head 2 shared fcs + fc_cls + fc_reg; convs: patch embed,
+    # FPN 4 lateral + 4 output, RPN conv + cls + reg, mask head 4 convs + logits (its
+    # ConvTranspose2d stays float).
+    assert counts == dict(QuantLinear=55, QuantMatMul=24, QuantConv2d=1 + 8 + 3 + 5)
+    neck = report['units'][-1]
+    assert neck['unit'] == 'neck_and_heads' and len(neck['layers']) == 4 + 8 + 3 + 5
+    assert report['backbone_passes'] == pytest.approx(
+        np.mean([u['unit_passes'] for u in report['units'][:-1]]))
+
+
 def test_hook_requires_a_checkpoint(shapes_data, tmp_path):
     cfg = swin_config(shapes_data, str(tmp_path / 'w'), FAST_QUANT, tmp_path)
     cfg.custom_hooks = [dict(type='mmq.QuantCalibrationHook', num_images=2)]

@@ -3,7 +3,7 @@ of times (LayerNorm statistics, layer-input capture, quantized output), never on
 """
 import math
 import time
-from typing import Dict, List, Optional
+from typing import Callable, Dict, List, Optional
 
 import torch
 from torch import nn
@@ -80,11 +80,11 @@ def _layernorm_reparam(unit: Unit, store: ActivationStore, bits: int) -> int:
     return 1
 
 
-def _capture(unit: Unit, layers: List[nn.Module], store: ActivationStore, qcfg: QuantConfig,
-             generator: torch.Generator) -> Dict[int, object]:
-    n = len(store)
-    rows = max(1, math.ceil(qcfg.search_rows / n))
-    windows = max(1, math.ceil(qcfg.search_windows / n))
+def capture_samples(layers: List[nn.Module], run_all: Callable[[], int], qcfg: QuantConfig,
+                    generator: torch.Generator, num_items: int) -> Dict[int, object]:
+    """Seeded input samples of ``layers`` while ``run_all()`` feeds ``num_items`` items."""
+    rows = max(1, math.ceil(qcfg.search_rows / num_items))
+    windows = max(1, math.ceil(qcfg.search_windows / num_items))
     got: Dict[int, list] = {id(layer): [] for layer in layers}
 
     def hook(layer, args):
@@ -93,8 +93,7 @@ def _capture(unit: Unit, layers: List[nn.Module], store: ActivationStore, qcfg: 
 
     handles = [layer.register_forward_pre_hook(hook) for layer in layers]
     try:
-        for item in store:
-            unit.run(item)
+        run_all()
     finally:
         for h in handles:
             h.remove()
@@ -110,6 +109,43 @@ def _capture(unit: Unit, layers: List[nn.Module], store: ActivationStore, qcfg: 
     return samples
 
 
+def calibrate_layers(layers: List[nn.Module], samples: Dict[int, object], qcfg: QuantConfig,
+                     names: Dict[int, str], where: str) -> List[dict]:
+    """Run the per-layer schedule on each layer's captured samples; per-layer reports."""
+    reports = []
+    for layer in layers:
+        name = names.get(id(layer), f'{where}.?')
+        if id(layer) not in samples:
+            raise RuntimeError(f'layer {name} ({where}) received no input during calibration: '
+                               'it is not on the forward path of the calibration images.')
+        sample = samples[id(layer)]
+        for i, t in enumerate(sample if isinstance(sample, tuple) else (sample, )):
+            try:
+                check_finite(t, f'input {i} of {name}')
+            except ValueError as e:
+                raise ValueError(f'{e} ({where}); the float model produces NaN/Inf on the '
+                                 'calibration images.') from None
+        problem = layer.calibration_problem(sample)
+        sqnr_init, sqnr = solve(problem, qcfg.make_calibrator, qcfg.rounds,
+                                b_is_weight=not isinstance(layer, QuantMatMul))
+        folded = (qcfg.fold_gelu_shift and isinstance(layer, QuantLinear)
+                  and layer.fold_input_shift())
+        reports.append(
+            dict(name=name, type=type(layer).__name__, sqnr_init_db=sqnr_init, sqnr_db=sqnr,
+                 gelu_shift_folded=bool(folded), quantizers=_quantizer_params(layer)))
+    return reports
+
+
+def _run_store(unit: Unit, store: ActivationStore) -> Callable[[], int]:
+
+    def run_all() -> int:
+        for item in store:
+            unit.run(item)
+        return len(store)
+
+    return run_all
+
+
 def calibrate_unit(unit: Unit, store: ActivationStore, qcfg: QuantConfig,
                    names: Dict[int, str], index: int) -> tuple:
     """Calibrate every quantized layer of ``unit`` and return (report, next-unit inputs)."""
@@ -119,29 +155,9 @@ def calibrate_unit(unit: Unit, store: ActivationStore, qcfg: QuantConfig,
     passes = 0
     if qcfg.ln_reparam:
         passes += _layernorm_reparam(unit, store, qcfg.a_bits)
-    samples = _capture(unit, layers, store, qcfg, generator)
+    samples = capture_samples(layers, _run_store(unit, store), qcfg, generator, len(store))
     passes += 1
-    layer_reports = []
-    for layer in layers:
-        name = names.get(id(layer), f'{unit.name}.?')
-        if id(layer) not in samples:
-            raise RuntimeError(f'layer {name} of unit {unit.name} received no input during '
-                               'calibration: it is not on the unit\'s forward path.')
-        sample = samples[id(layer)]
-        for i, t in enumerate(sample if isinstance(sample, tuple) else (sample, )):
-            try:
-                check_finite(t, f'input {i} of {name}')
-            except ValueError as e:
-                raise ValueError(f'{e} (calibration unit {unit.name}); the float model '
-                                 'produces NaN/Inf on the calibration images.') from None
-        problem = layer.calibration_problem(sample)
-        sqnr_init, sqnr = solve(problem, qcfg.make_calibrator, qcfg.rounds,
-                                b_is_weight=not isinstance(layer, QuantMatMul))
-        folded = (qcfg.fold_gelu_shift and isinstance(layer, QuantLinear)
-                  and layer.fold_input_shift())
-        layer_reports.append(
-            dict(name=name, type=type(layer).__name__, sqnr_init_db=sqnr_init, sqnr_db=sqnr,
-                 gelu_shift_folded=bool(folded), quantizers=_quantizer_params(layer)))
+    layer_reports = calibrate_layers(layers, samples, qcfg, names, f'calibration unit {unit.name}')
     # Quantized outputs become the next unit's inputs; SQNR against the float unit on a few.
     next_store = ActivationStore(store.budget_bytes, store._spill_root)
     sqnrs = []

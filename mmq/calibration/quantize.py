@@ -10,6 +10,7 @@ from mmq.models.transform import count_quant_layers, quantize_modules, quantizer
 from mmq.quantizers.validation import check_finite
 from .activation_store import ActivationStore
 from .block_calibration import calibrate_units
+from .detector_calibration import calibrate_neck_and_heads
 from .units import build_units
 
 
@@ -65,8 +66,15 @@ def quantize(model: nn.Module,
     was_training = model.training
     model.eval()
     store = ActivationStore(activation_budget_bytes, spill_dir)
+    batches = []  # preprocessed detector batches, for the neck / heads (scope='detector')
     for batch in data:
-        inputs = model.data_preprocessor(batch, False)['inputs'] if detector else batch
+        if detector:
+            batch = model.data_preprocessor(batch, False)
+            inputs = batch['inputs']
+            if qcfg.scope == 'detector':
+                batches.append(batch)
+        else:
+            inputs = batch
         check_finite(inputs, 'calibration image batch')
         store.append((inputs, ))
     if len(store) == 0:
@@ -80,17 +88,18 @@ def quantize(model: nn.Module,
     units = build_units(backbone)
     reports: List[dict] = calibrate_units(units, store, qcfg, _module_names(model), logger,
                                           on_unit_done)
-    missing = [
-        name for name, m in model.named_modules()
-        if m in set(quantizers(backbone)) and not bool(m.calibrated)
-    ]
     if qcfg.scope == 'detector' and detector:
-        raise NotImplementedError('quant_cfg.scope="detector" is not implemented yet: neck and '
-                                  'head calibration is pending; use scope="backbone".')
+        reports.append(calibrate_neck_and_heads(model, batches, qcfg, _module_names(model),
+                                                logger))
+        if on_unit_done is not None:
+            on_unit_done(reports[-1])
+    target = set(quantizers(quant_target(model, qcfg)))
+    missing = [name for name, m in model.named_modules() if m in target and not bool(m.calibrated)]
     if missing:
         raise RuntimeError(f'{len(missing)} quantizer(s) were not calibrated: {missing[:5]}')
     model.train(was_training)
-    passes = sum(r['unit_passes'] for r in reports) / max(1, len(reports))
+    backbone_reports = [r for r in reports if r['index'] >= 0]
+    passes = sum(r['unit_passes'] for r in backbone_reports) / max(1, len(backbone_reports))
     return dict(quant_cfg=qcfg.to_dict(), num_images=num_images,
                 seconds=time.perf_counter() - start, backbone_passes=passes,
-                layer_counts=count_quant_layers(backbone), units=reports)
+                layer_counts=count_quant_layers(quant_target(model, qcfg)), units=reports)

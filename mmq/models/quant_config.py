@@ -49,8 +49,8 @@ class QuantConfig:
     scope: str = 'backbone'
     ln_reparam: bool = True
     rounds: int = 1
-    search_rows: int = 512
-    search_windows: int = 64
+    search_rows: int = 256
+    search_windows: int = 32
     dequant: str = 'table'
     fold_gelu_shift: bool = True
     percentile: float = 0.9999

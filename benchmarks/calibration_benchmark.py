@@ -1,0 +1,130 @@
+"""Calibration cost on a full-size detector: the stock Swin-T Mask R-CNN (random weights),
+generated shape images at 800x1333, W4A4 AdaLog + FPCS.
+
+    python benchmarks/calibration_benchmark.py [--images 32] [--height 800 --width 1333]
+        [--budget-gb 2] [--rows 512 --windows 64 --rounds 1] [--out work_dirs/calib.json]
+
+Prints calibration wall time, backbone passes over the calibration set, peak resident memory
+(ru_maxrss, includes the model and the process), spilled activations, and float vs
+fake-quantized inference time per image (same run, same image).
+"""
+import argparse
+import json
+import os
+import resource
+import tempfile
+import time
+
+import cv2
+import numpy as np
+import torch
+from mmengine.config import Config
+from mmengine.logging import MMLogger
+
+import mmq
+from mmq.data import generate_shapes_coco
+from mmq.models import set_quant_enabled
+
+STOCK = 'mmdet::swin/mask-rcnn_swin-t-p4-w7_fpn_1x_coco.py'
+
+
+def peak_rss_gb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
+
+
+def build_detector():
+    from mmdet.registry import MODELS
+    from mmdet.utils import register_all_modules
+    register_all_modules()
+    with tempfile.NamedTemporaryFile('w', suffix='.py') as f:
+        f.write(f"_base_ = ['{STOCK}']\n")
+        f.flush()
+        cfg = Config.fromfile(f.name)
+    cfg.model.backbone.init_cfg = None
+    torch.manual_seed(0)
+    model = MODELS.build(cfg.model)
+    model.eval()
+    return model
+
+
+def load_images(root: str, n: int, h: int, w: int):
+    files = generate_shapes_coco(root, num_train=n, num_val=1, height=h, width=w, seed=0)
+    del files
+    mean = np.array([123.675, 116.28, 103.53])
+    std = np.array([58.395, 57.12, 57.375])
+    images = []
+    for i in range(n):
+        img = cv2.imread(os.path.join(root, 'train', f'{i:06d}.png'))[..., ::-1]
+        x = torch.from_numpy(((img - mean) / std).astype(np.float32)).permute(2, 0, 1)
+        pad_h, pad_w = (-h) % 32, (-w) % 32  # the data preprocessor's size divisor
+        images.append(torch.nn.functional.pad(x, (0, pad_w, 0, pad_h))[None])
+    return images
+
+
+def time_predict(model, image, reps: int = 2) -> float:
+    from mmdet.structures import DetDataSample
+    h, w = image.shape[-2:]
+    sample = DetDataSample(metainfo=dict(img_shape=(h, w), ori_shape=(h, w),
+                                         scale_factor=(1.0, 1.0), pad_shape=(h, w),
+                                         batch_input_shape=(h, w)))
+    times = []
+    with torch.no_grad():
+        for _ in range(reps):
+            start = time.perf_counter()
+            model.predict(image, [sample])
+            times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('--images', type=int, default=32)
+    parser.add_argument('--height', type=int, default=800)
+    parser.add_argument('--width', type=int, default=1333)
+    parser.add_argument('--budget-gb', type=float, default=2.0)
+    parser.add_argument('--rows', type=int, default=256)
+    parser.add_argument('--windows', type=int, default=32)
+    parser.add_argument('--rounds', type=int, default=1)
+    parser.add_argument('--out', default='work_dirs/calibration_benchmark.json')
+    args = parser.parse_args()
+    logger = MMLogger.get_instance('mmq-calibration-benchmark')
+    model = build_detector()
+    with tempfile.TemporaryDirectory() as root:
+        print(f'generating {args.images} images of {args.height}x{args.width} ...', flush=True)
+        images = load_images(root, args.images, args.height, args.width)
+        rss_before = peak_rss_gb()
+        qcfg = dict(w_bits=4, a_bits=4, search_rows=args.rows, search_windows=args.windows,
+                    rounds=args.rounds)
+        start = time.perf_counter()
+        report = mmq.quantize(model.backbone, images, qcfg, logger=logger,
+                              activation_budget_bytes=int(args.budget_gb * 1024**3),
+                              spill_dir=os.path.join(root, 'spill'))
+        seconds = time.perf_counter() - start
+        rss_after = peak_rss_gb()
+    spilled = max(u['spilled_items'] for u in report['units'])
+    t_quant = time_predict(model, images[0])
+    set_quant_enabled(model, False)
+    t_float = time_predict(model, images[0])
+    set_quant_enabled(model, True)
+    result = dict(
+        images=args.images, input=f'{args.height}x{args.width}', quant_cfg=report['quant_cfg'],
+        calibration_seconds=seconds, backbone_passes=report['backbone_passes'],
+        units=len(report['units']), peak_rss_gb=rss_after, peak_rss_gb_before_calibration=rss_before,
+        max_spilled_items=spilled, float_predict_s=t_float, quant_predict_s=t_quant,
+        quant_over_float=t_quant / t_float,
+        slowest_units=sorted(((u['unit'], round(u['seconds'], 1)) for u in report['units']),
+                             key=lambda x: -x[1])[:4])
+    print(json.dumps(result, indent=1))
+    print('\n| images | input | calibration | backbone passes | peak RSS | spilled items '
+          '| predict float / W4A4 |')
+    print('|---|---|---|---|---|---|---|')
+    print(f"| {args.images} | {args.height}x{args.width} | {seconds:.0f} s | "
+          f"{report['backbone_passes']:.0f} | {rss_after:.1f} GB | {spilled} | "
+          f'{t_float:.1f} s / {t_quant:.1f} s ({t_quant / t_float:.2f}x) |')
+    os.makedirs(os.path.dirname(args.out) or '.', exist_ok=True)
+    with open(args.out, 'w') as f:
+        json.dump(dict(result=result, report=report), f, indent=1)
+
+
+if __name__ == '__main__':
+    main()
