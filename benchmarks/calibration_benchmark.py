@@ -18,33 +18,18 @@ import time
 import cv2
 import numpy as np
 import torch
-from mmengine.config import Config
 from mmengine.logging import MMLogger
 
 import mmq
 from mmq.data import generate_shapes_coco
 from mmq.models import set_quant_enabled
+from mmq.models.detector_builder import build_detector
 
 STOCK = 'mmdet::swin/mask-rcnn_swin-t-p4-w7_fpn_1x_coco.py'
 
 
 def peak_rss_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
-
-
-def build_detector():
-    from mmdet.registry import MODELS
-    from mmdet.utils import register_all_modules
-    register_all_modules()
-    with tempfile.NamedTemporaryFile('w', suffix='.py') as f:
-        f.write(f"_base_ = ['{STOCK}']\n")
-        f.flush()
-        cfg = Config.fromfile(f.name)
-    cfg.model.backbone.init_cfg = None
-    torch.manual_seed(0)
-    model = MODELS.build(cfg.model)
-    model.eval()
-    return model
 
 
 def load_images(root: str, n: int, h: int, w: int):
@@ -88,7 +73,8 @@ def main() -> None:
     parser.add_argument('--out', default='work_dirs/calibration_benchmark.json')
     args = parser.parse_args()
     logger = MMLogger.get_instance('mmq-calibration-benchmark')
-    model = build_detector()
+    torch.manual_seed(0)
+    model = build_detector(STOCK)
     with tempfile.TemporaryDirectory() as root:
         print(f'generating {args.images} images of {args.height}x{args.width} ...', flush=True)
         images = load_images(root, args.images, args.height, args.width)

@@ -4,6 +4,8 @@ import os.path as osp
 import pytest
 from mmengine.config import Config
 
+from mmq.models.detector_builder import load_config
+
 from mmq.data import CATEGORIES, generate_shapes_coco
 
 STOCK_SWIN = 'mmdet::swin/mask-rcnn_swin-t-p4-w7_fpn_1x_coco.py'
@@ -27,10 +29,7 @@ def shapes_data(tmp_path_factory):
 
 def swin_config(data_root: str, work_dir: str, quant_cfg: dict, tmp_path) -> Config:
     """The stock Swin-T Mask R-CNN config, pointed at generated data, small test size."""
-    cfg_file = osp.join(str(tmp_path), 'swin_quant.py')
-    with open(cfg_file, 'w') as f:
-        f.write(f"_base_ = ['{STOCK_SWIN}']\n")
-    cfg = Config.fromfile(cfg_file)
+    cfg = load_config(STOCK_SWIN)
     classes = tuple(CATEGORIES)
     cfg.model.backbone.init_cfg = None
     cfg.model.roi_head.bbox_head.num_classes = len(classes)

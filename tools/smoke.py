@@ -7,13 +7,12 @@ weights, no download), predicts on a generated image, then quantizes the first S
 Linear weights (per channel, FPCS on the layer output) and its post-Softmax / post-GELU
 activations (AdaLog, FPCS) at 4 bits and prints each one's output SQNR.
 """
-import tempfile
 import time
 
 import numpy as np
 import torch
-from mmengine.config import Config
 
+from mmq.models.detector_builder import build_detector
 from mmq.quantizers import (GELU_SHIFT, AdaLogQuantizer, FPCSCalibrator, UniformQuantizer,
                             output_mse)
 
@@ -24,25 +23,11 @@ def sqnr_db(ref: torch.Tensor, out: torch.Tensor) -> float:
     return float(10 * torch.log10(ref.pow(2).mean() / (out - ref).pow(2).mean().clamp_min(1e-20)))
 
 
-def build_detector():
-    from mmdet.registry import MODELS
-    from mmdet.utils import register_all_modules
-    register_all_modules()
-    with tempfile.NamedTemporaryFile('w', suffix='.py') as f:
-        f.write(f"_base_ = ['{STOCK}']\n")
-        f.flush()
-        cfg = Config.fromfile(f.name)
-    cfg.model.backbone.init_cfg = None  # nothing is downloaded
-    model = MODELS.build(cfg.model)
-    model.eval()
-    return model
-
-
 def main() -> None:
     from mmdet.structures import DetDataSample
     torch.manual_seed(0)
     t0 = time.perf_counter()
-    model = build_detector()
+    model = build_detector(STOCK)
     print(f'[1/3] built {STOCK} ({sum(p.numel() for p in model.parameters()) / 1e6:.1f} M '
           f'parameters) in {time.perf_counter() - t0:.1f} s', flush=True)
 

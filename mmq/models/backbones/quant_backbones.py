@@ -16,6 +16,12 @@ from mmq.registry import MODELS
 from .vit_det import TimmViTDet
 
 
+def quantize_on_build(backbone, quant_cfg: Optional[dict]) -> None:
+    """Keep the QuantConfig on the backbone and swap its modules."""
+    backbone.quant_cfg = QuantConfig.from_dict(quant_cfg)
+    quantize_modules(backbone, backbone.quant_cfg)
+
+
 @MODELS.register_module()
 class QuantSwinTransformer(SwinTransformer):
     """mmdet ``SwinTransformer`` with quantized Linear / Conv / attention matmuls.
@@ -27,8 +33,7 @@ class QuantSwinTransformer(SwinTransformer):
 
     def __init__(self, quant_cfg: Optional[dict] = None, **kwargs) -> None:
         super().__init__(**kwargs)
-        self.quant_cfg = QuantConfig.from_dict(quant_cfg)
-        quantize_modules(self, self.quant_cfg)
+        quantize_on_build(self, quant_cfg)
 
 
 @MODELS.register_module()
@@ -42,5 +47,4 @@ class QuantTimmViTDet(TimmViTDet):
 
     def __init__(self, quant_cfg: Optional[dict] = None, **kwargs) -> None:
         super().__init__(**kwargs)
-        self.quant_cfg = QuantConfig.from_dict(quant_cfg)
-        quantize_modules(self, self.quant_cfg)
+        quantize_on_build(self, quant_cfg)
