@@ -148,3 +148,16 @@ def test_hook_requires_a_checkpoint(shapes_data, tmp_path):
     runner = Runner.from_cfg(cfg)
     with pytest.raises(ValueError, match='no float checkpoint'):
         runner.test()
+
+
+def test_activation_spill_to_disk_gives_identical_results(tmp_path):
+    from mmq.calibration import ActivationStore
+    store = ActivationStore(budget_bytes=100, spill_dir=str(tmp_path / 'spill'))
+    items = [(torch.randn(4, 8), (2, 2)) for _ in range(3)]
+    for item in items:
+        store.append(item)
+    assert store.spilled == 3  # 128 bytes each: none fits a 100-byte budget
+    for (a, hw), (b, hw2) in zip(items, store):
+        assert torch.equal(a, b) and hw == hw2
+    store.close()
+    assert list((tmp_path / 'spill').iterdir()) == []  # spilled files are removed

@@ -78,3 +78,14 @@ def test_vitdet_backbone_in_mask_rcnn(shapes_data, tmp_path):
 def test_vitdet_rejects_unpadded_input():
     with pytest.raises(ValueError, match='not divisible'):
         TimmViTDet(img_size=64, embed_dims=32, depth=1, num_heads=2)(torch.randn(1, 3, 60, 64))
+
+
+def test_spilled_calibration_matches_in_memory(vit):
+    in_memory, spilled = copy.deepcopy(vit), copy.deepcopy(vit)
+    images = _images(3)
+    mmq.quantize(in_memory, images, FAST_QUANT)
+    report = mmq.quantize(spilled, images, FAST_QUANT, activation_budget_bytes=1)
+    assert max(u['spilled_items'] for u in report['units']) == 3
+    x = _images(1, seed=9)[0]
+    with torch.no_grad():
+        assert torch.equal(in_memory(x), spilled(x))
