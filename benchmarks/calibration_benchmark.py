@@ -95,7 +95,8 @@ def main() -> None:
     result = dict(
         images=args.images, input=f'{args.height}x{args.width}', quant_cfg=report['quant_cfg'],
         calibration_seconds=seconds, backbone_passes=report['backbone_passes'],
-        units=len(report['units']), peak_rss_gb=rss_after, peak_rss_gb_before_calibration=rss_before,
+        units=len(report['units']), peak_rss_gb=rss_after,
+        peak_rss_gb_before_calibration=rss_before,
         max_spilled_items=spilled, float_predict_s=t_float, quant_predict_s=t_quant,
         quant_over_float=t_quant / t_float,
         slowest_units=sorted(((u['unit'], round(u['seconds'], 1)) for u in report['units']),
