@@ -15,12 +15,9 @@ import torch
 from mmq.models.detector_builder import build_detector
 from mmq.quantizers import (GELU_SHIFT, AdaLogQuantizer, FPCSCalibrator, UniformQuantizer,
                             output_mse)
+from mmq.quantizers.objectives import sqnr_db
 
 STOCK = 'mmdet::swin/mask-rcnn_swin-t-p4-w7_fpn_1x_coco.py'
-
-
-def sqnr_db(ref: torch.Tensor, out: torch.Tensor) -> float:
-    return float(10 * torch.log10(ref.pow(2).mean() / (out - ref).pow(2).mean().clamp_min(1e-20)))
 
 
 def main() -> None:

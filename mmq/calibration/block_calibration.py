@@ -14,17 +14,13 @@ from mmq.models.quant_linear import QuantLinear
 from mmq.models.quant_matmul import QuantMatMul
 from mmq.models.transform import QUANT_LAYERS
 from mmq.quantizers.base_quantizer import BaseQuantizer
+from mmq.quantizers.objectives import sqnr_db
 from mmq.quantizers.validation import check_finite
 from .activation_store import ActivationStore
 from mmq.quantizers.layer_schedule import solve
 from .units import Unit
 
 SQNR_ITEMS = 4  # calibration items the per-unit output SQNR is measured on
-
-
-def _sqnr_db(ref: torch.Tensor, out: torch.Tensor) -> float:
-    noise = (out - ref).pow(2).mean().clamp_min(1e-30)
-    return float(10 * torch.log10(ref.pow(2).mean().clamp_min(1e-30) / noise))
 
 
 def _first_tensor(state) -> torch.Tensor:
@@ -170,7 +166,7 @@ def calibrate_unit(unit: Unit, store: ActivationStore, qcfg: QuantConfig,
             ref = unit.run(item)
             for q in unit_quantizers:
                 q.enabled = True
-            sqnrs.append(_sqnr_db(_first_tensor(ref), _first_tensor(out)))
+            sqnrs.append(sqnr_db(_first_tensor(ref), _first_tensor(out)))
         next_store.append(out)
     passes += 1
     report = dict(unit=unit.name, index=index, seconds=time.perf_counter() - start,

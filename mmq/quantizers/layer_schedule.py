@@ -13,7 +13,7 @@ from torch import Tensor
 
 from .calibrators import FPCSCalibrator
 from .base_quantizer import BaseQuantizer
-from .objectives import output_mse, self_mse
+from .objectives import output_mse, self_mse, sqnr_db
 
 
 @dataclass
@@ -40,9 +40,7 @@ class CalibrationProblem:
         """Output SQNR of the layer with both operands quantized (dB)."""
         with torch.no_grad():
             ref = self.op(self.a, self.b)
-            out = self.op(self.quantized('a'), self.quantized('b'))
-        noise = (out - ref).pow(2).mean().clamp_min(1e-30)
-        return float(10 * torch.log10(ref.pow(2).mean().clamp_min(1e-30) / noise))
+            return sqnr_db(ref, self.op(self.quantized('a'), self.quantized('b')))
 
 
 CalibratorFactory = Callable[[str], object]  # role ('weight' / 'activation') -> calibrator

@@ -8,6 +8,7 @@ output channel or per head.
 """
 from typing import Callable, Optional
 
+import torch
 from torch import Tensor
 
 Objective = Callable[[Tensor], Tensor]
@@ -39,3 +40,9 @@ def output_mse(forward: Callable[[Tensor], Tensor], reference: Tensor,
     """MSE of ``forward(candidates)`` (batched over K) against the float ``reference`` output,
     grouped along ``out_ch_axis`` of the output (``-1`` for a Linear's output channels)."""
     return lambda xq: reduce_to_groups(_squared_error(forward(xq), reference), out_ch_axis)
+
+
+def sqnr_db(reference: Tensor, output: Tensor) -> float:
+    """Signal-to-quantization-noise ratio of ``output`` against ``reference`` in dB."""
+    noise = (output - reference).pow(2).mean().clamp_min(1e-30)
+    return float(10 * torch.log10(reference.pow(2).mean().clamp_min(1e-30) / noise))
