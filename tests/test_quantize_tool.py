@@ -56,3 +56,16 @@ def test_quantize_tool_missing_checkpoint(tmp_path):
     run = subprocess.run([sys.executable, TOOL, cfg, str(tmp_path / 'missing.pth')],
                          capture_output=True, text=True)
     assert run.returncode != 0 and 'does not exist' in run.stderr
+
+
+def test_hook_refuses_a_mismatched_checkpoint(shapes_data, tmp_path):
+    import pytest
+    from mmengine.runner import Runner
+    from .test_convert_checkpoint import old_layout_state_dict
+    ckpt = str(tmp_path / 'old_layout.pth')
+    torch.save(dict(state_dict=old_layout_state_dict()), ckpt)
+    cfg = swin_config(shapes_data, str(tmp_path / 'w'), FAST_QUANT, tmp_path)
+    cfg.custom_hooks = [dict(type='mmq.QuantCalibrationHook', num_images=2)]
+    cfg.load_from = ckpt
+    with pytest.raises(ValueError, match='convert_swin_det_checkpoint'):
+        Runner.from_cfg(cfg).test()

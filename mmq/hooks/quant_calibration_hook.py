@@ -114,6 +114,8 @@ class QuantCalibrationHook(Hook):
             raise ValueError('no float checkpoint to quantize: pass CHECKPOINT to '
                              'tools/quantize.py (or set load_from); set '
                              'require_checkpoint=False only to calibrate random weights.')
+        if runner.cfg.get('load_from'):
+            check_checkpoint_matches(model, runner.cfg.load_from)
         prepare(model, qcfg)
         state = [None]
         if is_main_process():
@@ -147,6 +149,28 @@ class QuantCalibrationHook(Hook):
         save_quantized_state(model, state_path, qcfg)
         _write_json(report_path, report)
         return report
+
+
+def check_checkpoint_matches(model, path: str) -> None:
+    """Refuse to quantize when the float checkpoint does not fit the config's model (mmengine
+    only warns and leaves the unmatched weights random)."""
+    if not osp.isfile(path):
+        raise FileNotFoundError(f'float checkpoint {path!r} does not exist.')
+    ckpt = torch.load(path, map_location='cpu', weights_only=False, mmap=True)
+    ckpt = ckpt.get('state_dict', ckpt) if isinstance(ckpt, dict) else {}
+    model_state = model.state_dict()
+    missing = [k for k in model_state if k.startswith('backbone.') and k not in ckpt]
+    shapes = [
+        f'{k} {tuple(ckpt[k].shape)} vs {tuple(v.shape)}' for k, v in model_state.items()
+        if k in ckpt and hasattr(ckpt[k], 'shape') and tuple(ckpt[k].shape) != tuple(v.shape)
+    ]
+    if missing or shapes:
+        hint = (' It looks like the mmdet 2.x Swin layout: convert it with '
+                'tools/convert_swin_det_checkpoint.py.'
+                if any(k.startswith('backbone.layers.') for k in ckpt) else '')
+        raise ValueError(f'checkpoint {path!r} does not match the config\'s model: '
+                         f'{len(missing)} backbone keys missing (e.g. {missing[:3]}), '
+                         f'{len(shapes)} shape mismatches (e.g. {shapes[:3]}).{hint}')
 
 
 def _write_json(path: str, obj: dict) -> None:
