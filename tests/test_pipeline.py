@@ -123,6 +123,8 @@ def test_runner_test_with_coco_metric(shapes_data, tmp_path):
     # Calibration images come from the training split.
     assert all('/train/' in p for p in report['calibration_images'])
     assert osp.isfile(osp.join(work_dir, 'quantized_state.pth'))
+    # The per-block partial state is removed once calibration finished.
+    assert not osp.exists(osp.join(work_dir, 'quantized_state.partial.pth'))
 
 
 def test_detector_scope_quantizes_neck_and_heads(shapes_data, tmp_path):

@@ -89,3 +89,32 @@ def test_spilled_calibration_matches_in_memory(vit):
     x = _images(1, seed=9)[0]
     with torch.no_grad():
         assert torch.equal(in_memory(x), spilled(x))
+
+
+def test_resume_after_a_crash_matches_an_uninterrupted_run(vit, tmp_path):
+    from mmq.calibration import load_partial_state, save_partial_state
+    images = _images(2)
+    qcfg = mmq.QuantConfig.from_dict(FAST_QUANT)
+    full = copy.deepcopy(vit)
+    mmq.quantize(full, images, FAST_QUANT)
+    path = str(tmp_path / 'partial.pth')
+    crashed = copy.deepcopy(vit)
+    done = []
+
+    def save_then_crash(report):
+        done.append(report)
+        save_partial_state(crashed, path, qcfg, report['index'] + 1, done)
+        if report['index'] == 1:
+            raise RuntimeError('simulated crash after block 0')
+
+    with pytest.raises(RuntimeError, match='simulated crash'):
+        mmq.quantize(crashed, images, FAST_QUANT, on_unit_done=save_then_crash)
+    partial = load_partial_state(path)
+    assert partial['units_done'] == 2
+    resumed = copy.deepcopy(vit)
+    report = mmq.quantize(resumed, images, FAST_QUANT, resume=partial)
+    assert [u['unit'] for u in report['units']] == ['patch_embed', 'blocks.0', 'blocks.1', 'head']
+    for (k, a), (_, b) in zip(full.state_dict().items(), resumed.state_dict().items()):
+        assert torch.equal(a, b), k
+    with pytest.raises(ValueError, match='another quant_cfg'):
+        mmq.quantize(copy.deepcopy(vit), images, dict(FAST_QUANT, w_bits=6), resume=partial)

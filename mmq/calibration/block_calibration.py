@@ -177,10 +177,21 @@ def calibrate_unit(unit: Unit, store: ActivationStore, qcfg: QuantConfig,
 
 def calibrate_units(units: List[Unit], store: ActivationStore, qcfg: QuantConfig,
                     names: Dict[int, str], logger=None,
-                    on_unit_done: Optional[callable] = None) -> List[dict]:
-    """Calibrate the chain of units in order, each on the previous one's quantized outputs."""
+                    on_unit_done: Optional[callable] = None, done: int = 0) -> List[dict]:
+    """Calibrate the chain of units in order, each on the previous one's quantized outputs.
+
+    The first ``done`` units are already calibrated (a resumed run): their quantized outputs
+    are recomputed with one forward pass each and they are not searched again.
+    """
     reports = []
     for i, unit in enumerate(units):
+        if i < done:
+            next_store = ActivationStore(store.budget_bytes, store._spill_root)
+            for item in store:
+                next_store.append(unit.run(item))
+            store.close()
+            store = next_store
+            continue
         report, next_store = calibrate_unit(unit, store, qcfg, names, i)
         store.close()
         store = next_store

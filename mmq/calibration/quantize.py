@@ -34,6 +34,20 @@ def prepare(model: nn.Module, quant_cfg: Union[dict, QuantConfig]) -> QuantConfi
     return qcfg
 
 
+def _resume(model: nn.Module, partial: dict, qcfg: QuantConfig, num_units: int, logger):
+    saved = QuantConfig.from_dict(partial['quant_cfg'])
+    if saved != qcfg:
+        raise ValueError('the partial calibration state was made with another quant_cfg; '
+                         'delete it to start over.')
+    done = int(partial['units_done'])
+    if not 0 <= done <= num_units:
+        raise ValueError(f'partial state has units_done={done}, the backbone has {num_units}.')
+    model.load_state_dict(partial['state_dict'])
+    if logger is not None:
+        logger.info(f'[mmq] resuming calibration after unit {done}/{num_units}')
+    return done, list(partial['reports'])
+
+
 def _module_names(model: nn.Module) -> dict:
     return {id(m): name for name, m in model.named_modules()}
 
@@ -45,7 +59,8 @@ def quantize(model: nn.Module,
              logger=None,
              activation_budget_bytes: int = 2 * 1024**3,
              spill_dir: Optional[str] = None,
-             on_unit_done=None) -> dict:
+             on_unit_done=None,
+             resume: Optional[dict] = None) -> dict:
     """Quantize ``model`` in place and calibrate it on ``data``; returns the report.
 
     Args:
@@ -58,6 +73,9 @@ def quantize(model: nn.Module,
         activation_budget_bytes: Block inputs kept in memory; the rest spill to disk.
         spill_dir: Folder for spilled activations (a temporary one by default).
         on_unit_done: Called with each unit's report as soon as it is finished.
+        resume: A partial state (``dict(quant_cfg, units_done, reports, state_dict)``, as
+            :func:`mmq.calibration.save_partial_state` writes) to continue from: finished
+            units are not searched again.
     """
     start = time.perf_counter()
     qcfg = prepare(model, quant_cfg)
@@ -86,8 +104,12 @@ def quantize(model: nn.Module,
                     f'({qcfg.calibrator}, W{qcfg.w_bits}A{qcfg.a_bits}, softmax={qcfg.softmax},'
                     f' gelu={qcfg.gelu})')
     units = build_units(backbone)
-    reports: List[dict] = calibrate_units(units, store, qcfg, _module_names(model), logger,
-                                          on_unit_done)
+    reports: List[dict] = []
+    done = 0
+    if resume is not None:
+        done, reports = _resume(model, resume, qcfg, len(units), logger)
+    reports += calibrate_units(units, store, qcfg, _module_names(model), logger, on_unit_done,
+                               done)
     if qcfg.scope == 'detector' and detector:
         reports.append(calibrate_neck_and_heads(model, batches, qcfg, _module_names(model),
                                                 logger))

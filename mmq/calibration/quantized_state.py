@@ -1,7 +1,7 @@
 """Save and load a calibrated model: the whole state dict (reparameterized weights and
 quantizer buffers) plus the QuantConfig that rebuilds the structure."""
 import os
-from typing import Union
+from typing import Optional, Union
 
 import torch
 from torch import nn
@@ -48,3 +48,23 @@ def load_quantized_state(model: nn.Module, path: str,
         raise ValueError(f'quantized state {path!r} does not fit this model (checkpoint/config '
                          f'mismatch): missing {missing[:5]}, unexpected {unexpected[:5]}.')
     return qcfg
+
+
+def save_partial_state(model: nn.Module, path: str, qcfg: QuantConfig, units_done: int,
+                       reports: list) -> str:
+    """Checkpoint an unfinished calibration (atomically), so a crash loses no finished unit."""
+    tmp = path + '.tmp'
+    torch.save(dict(format=FORMAT + '.partial', quant_cfg=qcfg.to_dict(), units_done=units_done,
+                    reports=reports, state_dict=model.state_dict()), tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def load_partial_state(path: str) -> Optional[dict]:
+    """The partial state at ``path``, or ``None`` when there is none."""
+    if not os.path.isfile(path):
+        return None
+    partial = torch.load(path, map_location='cpu', weights_only=False)
+    if not isinstance(partial, dict) or partial.get('format') != FORMAT + '.partial':
+        raise ValueError(f'{path!r} is not an mmq partial calibration state; delete it.')
+    return partial

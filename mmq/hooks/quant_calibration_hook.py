@@ -11,12 +11,14 @@ from mmengine.hooks import Hook
 from mmengine.model import is_model_wrapper
 from torch.utils.data import DataLoader, Subset
 
-from mmq.calibration import load_quantized_state, quantize, save_quantized_state
+from mmq.calibration import (load_partial_state, load_quantized_state, quantize,
+                             save_partial_state, save_quantized_state)
 from mmq.calibration.quantize import prepare
 from mmq.models.quant_config import QuantConfig
 from mmq.registry import HOOKS
 
 STATE_FILE = 'quantized_state.pth'
+PARTIAL_FILE = 'quantized_state.partial.pth'
 REPORT_FILE = 'calibration_report.json'
 
 
@@ -37,6 +39,8 @@ class QuantCalibrationHook(Hook):
         load_state (str, optional): A saved quantized state to load instead of calibrating.
         require_checkpoint (bool): Refuse to calibrate random weights (no ``load_from``).
         activation_budget_gb (float): Block inputs kept in memory; the rest spill to disk.
+        resume (bool): Continue an interrupted calibration from the partial state saved in
+            the work dir after every block (finished blocks are not searched again).
     """
 
     priority = 'VERY_HIGH'
@@ -48,7 +52,8 @@ class QuantCalibrationHook(Hook):
                  use_eval_set: bool = False,
                  load_state: Optional[str] = None,
                  require_checkpoint: bool = True,
-                 activation_budget_gb: float = 2.0) -> None:
+                 activation_budget_gb: float = 2.0,
+                 resume: bool = True) -> None:
         if not isinstance(num_images, int) or num_images < 1:
             raise ValueError(f'num_images={num_images!r} must be a positive integer.')
         if quant_cfg is not None:
@@ -60,6 +65,7 @@ class QuantCalibrationHook(Hook):
         self.load_state = load_state
         self.require_checkpoint = require_checkpoint
         self.activation_budget_gb = activation_budget_gb
+        self.resume = resume
         self._done = False
 
     def before_test(self, runner) -> None:
@@ -132,22 +138,29 @@ class QuantCalibrationHook(Hook):
     def _calibrate(self, runner, model, qcfg: QuantConfig, state_path: str) -> dict:
         loader = self.calibration_loader(runner)
         report_path = osp.join(runner.work_dir, REPORT_FILE)
+        partial_path = osp.join(runner.work_dir, PARTIAL_FILE)
         os.makedirs(runner.work_dir, exist_ok=True)
-        done_units = []
+        resume = load_partial_state(partial_path) if self.resume else None
+        done_units = list(resume['reports']) if resume else []
 
         def on_unit_done(unit_report: dict) -> None:  # finished work survives a crash
             done_units.append(unit_report)
             _write_json(report_path, dict(status='running', units=done_units))
+            if unit_report['index'] >= 0:  # a backbone block: checkpoint the model
+                save_partial_state(model, partial_path, qcfg, unit_report['index'] + 1,
+                                   [r for r in done_units if r['index'] >= 0])
 
         report = quantize(model, loader, qcfg, runner.logger,
                           int(self.activation_budget_gb * 1024**3),
-                          osp.join(runner.work_dir, 'activations'), on_unit_done)
+                          osp.join(runner.work_dir, 'activations'), on_unit_done, resume)
         report['status'] = 'done'
         report['calibration_images'] = [
             loader.dataset.dataset.get_data_info(i)['img_path'] for i in loader.dataset.indices
         ]
         save_quantized_state(model, state_path, qcfg)
         _write_json(report_path, report)
+        if osp.exists(partial_path):
+            os.remove(partial_path)
         return report
 
 
