@@ -30,10 +30,9 @@ class MinMaxCalibrator:
     def __call__(self, quantizer, x: Tensor, objective: Optional[Objective] = None) -> None:
         check_finite(x)
         if isinstance(quantizer, UniformQuantizer):
-            scale, zp = minmax_params(x, quantizer.bits, quantizer.ch_axis)
             if quantizer.fixed_zero_point is not None:
-                scale, zp = minmax_params(x.clamp_min(0), quantizer.bits, quantizer.ch_axis)
-            quantizer.set_params(scale, zp)
+                x = x.clamp_min(0)  # a zero point fixed at 0 covers [0, max]
+            quantizer.set_params(*minmax_params(x, quantizer.bits, quantizer.ch_axis))
         elif isinstance(quantizer, LogQuantizer):
             scale = quantizer.fixed_scale or float((x + quantizer.shift).max().clamp_min(1e-8))
             quantizer.set_params(int(quantizer.q), scale)
