@@ -69,3 +69,15 @@ def test_hook_refuses_a_mismatched_checkpoint(shapes_data, tmp_path):
     cfg.load_from = ckpt
     with pytest.raises(ValueError, match='convert_swin_det_checkpoint'):
         Runner.from_cfg(cfg).test()
+
+
+def test_hook_reports_an_empty_calibration_split(tmp_path):
+    import pytest
+    from mmengine.runner import Runner
+
+    from mmq.data import generate_shapes_coco
+    root = str(tmp_path / 'data')
+    generate_shapes_coco(root, num_train=0, num_val=2, height=96, width=128)
+    cfg = swin_config(root, str(tmp_path / 'w'), FAST_QUANT, tmp_path)
+    with pytest.raises(ValueError, match='calibration dataset is empty'):
+        Runner.from_cfg(cfg).test()

@@ -95,10 +95,15 @@ class QuantCalibrationHook(Hook):
             while 'dataset' in dataset_cfg and 'pipeline' not in dataset_cfg:
                 dataset_cfg = dataset_cfg.dataset.copy()  # unwrap RepeatDataset & co.
             dataset_cfg.pipeline = cfg.test_dataloader.dataset.pipeline
-        dataset = DATASETS.build(dataset_cfg)
+        where = f"{dataset_cfg.get('data_root', '')}{dataset_cfg.get('ann_file', '')}"
+        try:
+            dataset = DATASETS.build(dataset_cfg)
+        except ValueError as e:  # mmengine cannot serialise an empty annotation list
+            raise ValueError(f'the calibration dataset is empty or unreadable ({where}: {e}): '
+                             'check data_root / ann_file / filter_cfg.') from e
         if len(dataset) == 0:
-            raise ValueError(f"the calibration dataset is empty ({dataset_cfg.get('ann_file')}"
-                             f"): check data_root / ann_file / filter_cfg.")
+            raise ValueError(f'the calibration dataset is empty ({where}): check data_root / '
+                             'ann_file / filter_cfg.')
         g = torch.Generator().manual_seed(self.seed)
         count = min(self.num_images, len(dataset))
         indices = torch.randperm(len(dataset), generator=g)[:count].tolist()
