@@ -48,6 +48,10 @@ class ActivationStore:
         self._items.append((True, path))
         self.disk_bytes += size
 
+    def sibling(self) -> 'ActivationStore':
+        """An empty store with the same budget and spill folder (the next block's inputs)."""
+        return ActivationStore(self.budget_bytes, self._spill_root)
+
     def __len__(self) -> int:
         return len(self._items)
 

@@ -12,12 +12,12 @@ from mmq.models.layernorm_reparam import layernorm_linear_pairs, reparameterize
 from mmq.models.quant_config import QuantConfig
 from mmq.models.quant_linear import QuantLinear
 from mmq.models.quant_matmul import QuantMatMul
-from mmq.models.transform import QUANT_LAYERS
+from mmq.models.transform import QUANT_LAYERS, set_quant_enabled
 from mmq.quantizers.base_quantizer import BaseQuantizer
+from mmq.quantizers.layer_schedule import solve
 from mmq.quantizers.objectives import sqnr_db
 from mmq.quantizers.validation import check_finite
 from .activation_store import ActivationStore
-from mmq.quantizers.layer_schedule import solve
 from .units import Unit
 
 SQNR_ITEMS = 4  # calibration items the per-unit output SQNR is measured on
@@ -66,8 +66,7 @@ def _layernorm_reparam(unit: Unit, store: ActivationStore, bits: int) -> int:
 
     handles = [lin.register_forward_pre_hook(hook) for _, lin, _ in pairs]
     try:
-        for item in store:
-            unit.run(item)
+        _run_store(unit, store)()
     finally:
         for h in handles:
             h.remove()
@@ -155,17 +154,14 @@ def calibrate_unit(unit: Unit, store: ActivationStore, qcfg: QuantConfig,
     passes += 1
     layer_reports = calibrate_layers(layers, samples, qcfg, names, f'calibration unit {unit.name}')
     # Quantized outputs become the next unit's inputs; SQNR against the float unit on a few.
-    next_store = ActivationStore(store.budget_bytes, store._spill_root)
+    next_store = store.sibling()
     sqnrs = []
     for i, item in enumerate(store):
         out = unit.run(item)
         if i < SQNR_ITEMS:
-            unit_quantizers = [q for q in unit.module.modules() if isinstance(q, BaseQuantizer)]
-            for q in unit_quantizers:
-                q.enabled = False
+            set_quant_enabled(unit.module, False)
             ref = unit.run(item)
-            for q in unit_quantizers:
-                q.enabled = True
+            set_quant_enabled(unit.module, True)
             sqnrs.append(sqnr_db(_first_tensor(ref), _first_tensor(out)))
         next_store.append(out)
     passes += 1
@@ -186,7 +182,7 @@ def calibrate_units(units: List[Unit], store: ActivationStore, qcfg: QuantConfig
     reports = []
     for i, unit in enumerate(units):
         if i < done:
-            next_store = ActivationStore(store.budget_bytes, store._spill_root)
+            next_store = store.sibling()
             for item in store:
                 next_store.append(unit.run(item))
             store.close()
