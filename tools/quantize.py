@@ -1,6 +1,7 @@
 """Quantize an mmdet detector and evaluate it with the config's own evaluator.
 
     python tools/quantize.py CONFIG CHECKPOINT [--work-dir DIR] [--quant-state STATE]
+        [--resume-from STAGE_FILE]
         [--num-images N] [--calib-on-eval-set] [--cfg-options k=v ...] [--launcher pytorch]
 
 CONFIG is a detector config that inherits a quant preset from configs/_base_/quant/ (or any
@@ -25,6 +26,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument('--quant-cfg', help='a quant preset to merge (configs/_base_/quant/*.py)')
     parser.add_argument('--quant-state', help='load this saved quantized state instead of '
                         'calibrating')
+    parser.add_argument('--resume-from', help='start from a saved stage result '
+                        '(WORK_DIR/stage_<name>.pth of an earlier run) and run the stages after '
+                        'it')
     parser.add_argument('--num-images', type=int, help='calibration images (default 32)')
     parser.add_argument('--calib-on-eval-set', action='store_true',
                         help='calibrate on the evaluation set (not recommended)')
@@ -65,6 +69,10 @@ def build_config(args: argparse.Namespace) -> Config:
     for hook in hooks:
         if args.quant_state:
             hook['load_state'] = args.quant_state
+        if args.resume_from:
+            if not osp.isfile(args.resume_from):
+                raise SystemExit(f'--resume-from {args.resume_from!r} does not exist.')
+            hook['resume_from'] = args.resume_from
         if args.num_images:
             hook['num_images'] = args.num_images
         if args.calib_on_eval_set:

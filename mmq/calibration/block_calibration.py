@@ -165,8 +165,9 @@ def calibrate_unit(unit: Unit, store: ActivationStore, qcfg: QuantConfig,
             sqnrs.append(sqnr_db(_first_tensor(ref), _first_tensor(out)))
         next_store.append(out)
     passes += 1
-    report = dict(unit=unit.name, index=index, seconds=time.perf_counter() - start,
-                  unit_passes=passes, output_sqnr_db=sum(sqnrs) / max(1, len(sqnrs)),
+    report = dict(stage='calibrate', unit=unit.name, index=index,
+                  seconds=time.perf_counter() - start, unit_passes=passes,
+                  output_sqnr_db=sum(sqnrs) / max(1, len(sqnrs)),
                   layers=layer_reports, spilled_items=next_store.spilled)
     return report, next_store
 
@@ -180,17 +181,19 @@ def calibrate_units(units: List[Unit], store: ActivationStore, qcfg: QuantConfig
     are recomputed with one forward pass each and they are not searched again.
     """
     reports = []
+    first = store  # the caller's store (the images) stays open for later stages
     for i, unit in enumerate(units):
         if i < done:
             next_store = store.sibling()
             for item in store:
                 next_store.append(unit.run(item))
+        else:
+            report, next_store = calibrate_unit(unit, store, qcfg, names, i)
+        if store is not first:
             store.close()
-            store = next_store
-            continue
-        report, next_store = calibrate_unit(unit, store, qcfg, names, i)
-        store.close()
         store = next_store
+        if i < done:
+            continue
         reports.append(report)
         if logger is not None:
             layers = report['layers']
@@ -202,5 +205,6 @@ def calibrate_units(units: List[Unit], store: ActivationStore, qcfg: QuantConfig
                         f"{report['output_sqnr_db']:.2f} dB")
         if on_unit_done is not None:
             on_unit_done(report)
-    store.close()
+    if store is not first:
+        store.close()
     return reports

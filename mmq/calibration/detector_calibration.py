@@ -36,5 +36,5 @@ def calibrate_neck_and_heads(model: nn.Module, batches: List[dict], qcfg: QuantC
         after = sum(r['sqnr_db'] for r in reports) / max(1, len(reports))
         logger.info(f'[mmq] neck and heads: {len(reports)} layers, {seconds:.1f} s, mean layer '
                     f'SQNR {after:.2f} dB')
-    return dict(unit='neck_and_heads', index=-1, seconds=seconds, unit_passes=1,
+    return dict(stage='calibrate', unit='neck_and_heads', index=-1, seconds=seconds, unit_passes=1,
                 output_sqnr_db=float('nan'), layers=reports, spilled_items=0)

@@ -1,6 +1,12 @@
-"""``mmq.quantize``: the library call behind the calibration hook, usable without a Runner."""
+"""``mmq.quantize``: the library call behind the calibration hook, usable without a Runner.
+
+Stages (``quant_cfg.stages``, in order): 'mr' (MLP Reconstruction on the float model),
+'calibrate' (FPCS / MinMax / percentile, block by block), 'reconstruct' (APH-weighted block
+reconstruction). A ``resume`` state skips the stages it has finished and continues the one
+it was in at its first unfinished block.
+"""
 import time
-from typing import Iterable, List, Optional, Union
+from typing import Callable, Iterable, List, Optional, Union
 
 import torch
 from torch import nn
@@ -9,9 +15,14 @@ from mmq.models.quant_config import QuantConfig
 from mmq.models.transform import count_quant_layers, quantize_modules, quantizers
 from mmq.quantizers.validation import check_finite
 from .activation_store import ActivationStore
+from .aph import task_for
 from .block_calibration import calibrate_units
 from .detector_calibration import calibrate_neck_and_heads
+from .mlp_reconstruction import apply_relu, mlp_reconstruction
+from .reconstruction_stage import reconstruct_units
 from .units import build_units
+
+STAGE_FIELDS = ('stages', 'mr', 'reconstruct')
 
 
 def _is_detector(model: nn.Module) -> bool:
@@ -26,30 +37,69 @@ def quant_target(model: nn.Module, qcfg: QuantConfig) -> nn.Module:
 
 
 def prepare(model: nn.Module, quant_cfg: Union[dict, QuantConfig]) -> QuantConfig:
-    """Check the backbone is supported and swap modules (no calibration)."""
+    """Check the backbone is supported and swap modules (no calibration). A config with the
+    'mr' stage gets ReLU MLPs first (the structure MR leaves behind)."""
     qcfg = quant_cfg if isinstance(quant_cfg, QuantConfig) else QuantConfig.from_dict(quant_cfg)
     backbone = model.backbone if _is_detector(model) else model
     build_units(backbone)  # raises a clear error for unsupported backbones
+    if 'mr' in qcfg.stages:
+        apply_relu(backbone)
     quantize_modules(quant_target(model, qcfg), qcfg)
     return qcfg
 
 
-def _resume(model: nn.Module, partial: dict, qcfg: QuantConfig, num_units: int, logger):
-    saved = QuantConfig.from_dict(partial['quant_cfg'])
-    if saved != qcfg:
-        raise ValueError('the partial calibration state was made with another quant_cfg; '
+def check_resumable(saved: QuantConfig, qcfg: QuantConfig, stages_done: List[str]) -> None:
+    """A saved state can seed a run whose config agrees on everything its finished stages
+    used and whose stages start with the finished ones."""
+    if list(stages_done) != qcfg.stages[:len(stages_done)]:
+        raise ValueError(f'the saved state finished stages {list(stages_done)}, which do not '
+                         f'start this run\'s stages {qcfg.stages}; delete it or change '
+                         'quant_cfg.stages.')
+    a, b = saved.to_dict(), qcfg.to_dict()
+    diff = {k: (a[k], b[k]) for k in a if a[k] != b[k] and k not in STAGE_FIELDS}
+    for stage in ('mr', 'reconstruct'):
+        if stage in stages_done and a[stage] != b[stage]:
+            diff[stage] = (a[stage], b[stage])
+    if diff:
+        raise ValueError(f'the saved state was made with another quant_cfg (saved, now): {diff}; '
                          'delete it to start over.')
-    done = int(partial['units_done'])
-    if not 0 <= done <= num_units:
-        raise ValueError(f'partial state has units_done={done}, the backbone has {num_units}.')
-    model.load_state_dict(partial['state_dict'])
+
+
+def _resume_progress(resume: Optional[dict], qcfg: QuantConfig, logger) -> tuple:
+    """(stages done, stage in progress, units done in it, reports so far)."""
+    if resume is None:
+        return [], None, 0, []
+    stages_done = list(resume.get('stages_done', []))
+    stage = resume.get('stage', 'calibrate')
+    check_resumable(QuantConfig.from_dict(resume['quant_cfg']), qcfg, stages_done)
+    units_done = int(resume.get('units_done', 0))
     if logger is not None:
-        logger.info(f'[mmq] resuming calibration after unit {done}/{num_units}')
-    return done, list(partial['reports'])
+        logger.info(f'[mmq] resuming: stages done {stages_done}, {stage} after unit '
+                    f'{units_done}')
+    return stages_done, stage, units_done, list(resume.get('reports', []))
 
 
 def _module_names(model: nn.Module) -> dict:
     return {id(m): name for name, m in model.named_modules()}
+
+
+def _collect_images(model: nn.Module, data: Iterable, store: ActivationStore,
+                    keep_batches: bool) -> List[dict]:
+    batches = []  # preprocessed detector batches, for the neck / heads (scope='detector')
+    for batch in data:
+        if _is_detector(model):
+            batch = model.data_preprocessor(batch, False)
+            inputs = batch['inputs']
+            if keep_batches:
+                batches.append(batch)
+        else:
+            inputs = batch
+        check_finite(inputs, 'calibration image batch')
+        store.append((inputs, ))
+    if len(store) == 0:
+        raise ValueError('the calibration set is empty: give at least one image (check the '
+                         'calibration dataset path / ann_file and num_images).')
+    return batches
 
 
 @torch.no_grad()
@@ -59,9 +109,10 @@ def quantize(model: nn.Module,
              logger=None,
              activation_budget_bytes: int = 2 * 1024**3,
              spill_dir: Optional[str] = None,
-             on_unit_done=None,
-             resume: Optional[dict] = None) -> dict:
-    """Quantize ``model`` in place and calibrate it on ``data``; returns the report.
+             on_unit_done: Optional[Callable[[dict], None]] = None,
+             resume: Optional[dict] = None,
+             on_stage_done: Optional[Callable[[str, List[str], dict], None]] = None) -> dict:
+    """Quantize ``model`` in place and run the configured stages on ``data``; returns the report.
 
     Args:
         model: An mmdet detector (its backbone is calibrated block by block) or a bare
@@ -72,56 +123,83 @@ def quantize(model: nn.Module,
         logger: An mmengine ``MMLogger`` (or anything with ``.info``) for progress.
         activation_budget_bytes: Block inputs kept in memory; the rest spill to disk.
         spill_dir: Folder for spilled activations (a temporary one by default).
-        on_unit_done: Called with each unit's report as soon as it is finished.
-        resume: A partial state (``dict(quant_cfg, units_done, reports, state_dict)``, as
-            :func:`mmq.calibration.save_partial_state` writes) to continue from: finished
-            units are not searched again.
+        on_unit_done: Called with each finished unit's report (``report['stage']`` says which
+            stage; MR reports once, as a whole).
+        resume: A partial state (as :func:`mmq.calibration.save_partial_state` writes) to
+            continue from: finished stages and units are not run again.
+        on_stage_done: Called as ``(stage, stages_done, stage_report)`` after each stage.
     """
     start = time.perf_counter()
-    qcfg = prepare(model, quant_cfg)
+    qcfg = quant_cfg if isinstance(quant_cfg, QuantConfig) else QuantConfig.from_dict(quant_cfg)
     detector = _is_detector(model)
     backbone = model.backbone if detector else model
+    build_units(backbone)  # a clear error for unsupported backbones, before any work
+    stages_done, resume_stage, units_done, reports = _resume_progress(resume, qcfg, logger)
     was_training = model.training
     model.eval()
     store = ActivationStore(activation_budget_bytes, spill_dir)
-    batches = []  # preprocessed detector batches, for the neck / heads (scope='detector')
-    for batch in data:
-        if detector:
-            batch = model.data_preprocessor(batch, False)
-            inputs = batch['inputs']
-            if qcfg.scope == 'detector':
-                batches.append(batch)
-        else:
-            inputs = batch
-        check_finite(inputs, 'calibration image batch')
-        store.append((inputs, ))
-    if len(store) == 0:
-        raise ValueError('the calibration set is empty: give at least one image (check the '
-                         'calibration dataset path / ann_file and num_images).')
+    batches = _collect_images(model, data, store, qcfg.scope == 'detector')
     num_images = sum(item[0].shape[0] for item in store)
     if logger is not None:
-        logger.info(f'[mmq] calibrating {type(backbone).__name__} on {num_images} images '
+        logger.info(f'[mmq] {qcfg.stages} on {type(backbone).__name__}, {num_images} images '
                     f'({qcfg.calibrator}, W{qcfg.w_bits}A{qcfg.a_bits}, softmax={qcfg.softmax},'
                     f' gelu={qcfg.gelu})')
-    units = build_units(backbone)
-    reports: List[dict] = []
-    done = 0
-    if resume is not None:
-        done, reports = _resume(model, resume, qcfg, len(units), logger)
-    reports += calibrate_units(units, store, qcfg, _module_names(model), logger, on_unit_done,
-                               done)
-    if qcfg.scope == 'detector' and detector:
-        reports.append(calibrate_neck_and_heads(model, batches, qcfg, _module_names(model),
-                                                logger))
+    stage_reports = {}
+
+    def finish(stage: str, stage_report: dict) -> None:
+        stages_done.append(stage)
+        stage_reports[stage] = stage_report
+        if on_stage_done is not None:
+            on_stage_done(stage, list(stages_done), stage_report)
+
+    if 'mr' in qcfg.stages and 'mr' not in stages_done:
+        opts = qcfg.mr_options()
+        forward, task_loss, eps = task_for(model, opts.eps)
+        mr_report = mlp_reconstruction(model, backbone, forward, task_loss, eps,
+                                       [item[0] for item in store], opts, qcfg.seed, logger)
+        quantize_modules(quant_target(model, qcfg), qcfg)  # the MLPs are ReLU now
+        mr_report.update(index=-2, unit='mlp_reconstruction')
+        reports.append(mr_report)
         if on_unit_done is not None:
-            on_unit_done(reports[-1])
-    target = set(quantizers(quant_target(model, qcfg)))
-    missing = [name for name, m in model.named_modules() if m in target and not bool(m.calibrated)]
-    if missing:
-        raise RuntimeError(f'{len(missing)} quantizer(s) were not calibrated: {missing[:5]}')
+            on_unit_done(mr_report)
+        finish('mr', mr_report)
+    else:
+        prepare(model, qcfg)
+        if resume is not None:
+            model.load_state_dict(resume['state_dict'])
+    units = build_units(backbone)  # after the swap: a unit may be a swapped module itself
+    names = _module_names(model)
+    try:
+        if 'calibrate' not in stages_done:
+            t0 = time.perf_counter()
+            done = units_done if resume_stage == 'calibrate' else 0
+            new = calibrate_units(units, store, qcfg, names, logger, on_unit_done, done)
+            if qcfg.scope == 'detector' and detector:
+                new.append(calibrate_neck_and_heads(model, batches, qcfg, names, logger))
+                if on_unit_done is not None:
+                    on_unit_done(new[-1])
+            reports += new
+            finish('calibrate', dict(stage='calibrate', seconds=time.perf_counter() - t0))
+        target = set(quantizers(quant_target(model, qcfg)))
+        missing = [name for name, m in model.named_modules()
+                   if m in target and not bool(m.calibrated)]
+        if missing:
+            raise RuntimeError(f'{len(missing)} quantizer(s) were not calibrated: {missing[:5]}')
+        if 'reconstruct' in qcfg.stages and 'reconstruct' not in stages_done:
+            opts = qcfg.reconstruct_options()
+            forward, task_loss, eps = task_for(model, opts.eps)
+            done = units_done if resume_stage == 'reconstruct' else 0
+            rec = reconstruct_units(model, units, store, forward, task_loss, eps, opts,
+                                    qcfg.seed, logger, on_unit_done, done)
+            reports += rec['units']
+            finish('reconstruct', dict(stage='reconstruct', seconds=rec['seconds'],
+                                       aph_seconds=rec['aph_seconds']))
+    finally:
+        store.close()
     model.train(was_training)
-    backbone_reports = [r for r in reports if r['index'] >= 0]
-    passes = sum(r['unit_passes'] for r in backbone_reports) / max(1, len(backbone_reports))
+    calib = [r for r in reports if r.get('stage', 'calibrate') == 'calibrate' and r['index'] >= 0]
+    passes = sum(r['unit_passes'] for r in calib) / max(1, len(calib))
     return dict(quant_cfg=qcfg.to_dict(), num_images=num_images,
                 seconds=time.perf_counter() - start, backbone_passes=passes,
+                stages=stage_reports, stages_done=list(stages_done),
                 layer_counts=count_quant_layers(quant_target(model, qcfg)), units=reports)

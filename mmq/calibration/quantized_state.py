@@ -1,7 +1,7 @@
 """Save and load a calibrated model: the whole state dict (reparameterized weights and
 quantizer buffers) plus the QuantConfig that rebuilds the structure."""
 import os
-from typing import Optional, Union
+from typing import Optional, Sequence, Union
 
 import torch
 from torch import nn
@@ -51,11 +51,19 @@ def load_quantized_state(model: nn.Module, path: str,
 
 
 def save_partial_state(model: nn.Module, path: str, qcfg: QuantConfig, units_done: int,
-                       reports: list) -> str:
-    """Checkpoint an unfinished calibration (atomically), so a crash loses no finished unit."""
+                       reports: list, stage: Optional[str] = 'calibrate',
+                       stages_done: Sequence[str] = ()) -> str:
+    """Checkpoint unfinished work (atomically), so a crash loses no finished unit or stage.
+
+    ``stages_done`` are finished; ``stage`` (``None`` when all are) is in progress with its
+    first ``units_done`` units finished. A state saved at the end of a stage (``units_done``
+    0 of the next) is a stage result that a later run can start from.
+    """
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = path + '.tmp'
     torch.save(dict(format=FORMAT + '.partial', quant_cfg=qcfg.to_dict(), units_done=units_done,
-                    reports=reports, state_dict=model.state_dict()), tmp)
+                    stage=stage, stages_done=list(stages_done), reports=reports,
+                    state_dict=model.state_dict()), tmp)
     os.replace(tmp, path)
     return path
 

@@ -39,8 +39,11 @@ class QuantCalibrationHook(Hook):
         load_state (str, optional): A saved quantized state to load instead of calibrating.
         require_checkpoint (bool): Refuse to calibrate random weights (no ``load_from``).
         activation_budget_gb (float): Block inputs kept in memory; the rest spill to disk.
-        resume (bool): Continue an interrupted calibration from the partial state saved in
-            the work dir after every block (finished blocks are not searched again).
+        resume (bool): Continue an interrupted run from the partial state saved in the work
+            dir after every block and stage (finished blocks and stages are not run again).
+        resume_from (str, optional): Start from this saved stage result
+            (``stage_<name>.pth`` of an earlier run, e.g. ``stage_calibrate.pth`` to only run
+            'reconstruct'); its finished stages must begin ``quant_cfg.stages``.
     """
 
     priority = 'VERY_HIGH'
@@ -53,7 +56,8 @@ class QuantCalibrationHook(Hook):
                  load_state: Optional[str] = None,
                  require_checkpoint: bool = True,
                  activation_budget_gb: float = 2.0,
-                 resume: bool = True) -> None:
+                 resume: bool = True,
+                 resume_from: Optional[str] = None) -> None:
         if not isinstance(num_images, int) or num_images < 1:
             raise ValueError(f'num_images={num_images!r} must be a positive integer.')
         if quant_cfg is not None:
@@ -66,6 +70,7 @@ class QuantCalibrationHook(Hook):
         self.require_checkpoint = require_checkpoint
         self.activation_budget_gb = activation_budget_gb
         self.resume = resume
+        self.resume_from = resume_from
         self._done = False
 
     def before_test(self, runner) -> None:
@@ -140,24 +145,47 @@ class QuantCalibrationHook(Hook):
                 model.load_state_dict(state[0])
         self._done = True
 
+    def _resume_state(self, partial_path: str) -> Optional[dict]:
+        if self.resume and osp.isfile(partial_path):
+            return load_partial_state(partial_path)
+        if self.resume_from:
+            if not osp.isfile(self.resume_from):
+                raise FileNotFoundError(f'resume_from={self.resume_from!r} does not exist: give '
+                                        'a stage_<name>.pth from an earlier run\'s work dir.')
+            return load_partial_state(self.resume_from)
+        return None
+
     def _calibrate(self, runner, model, qcfg: QuantConfig, state_path: str) -> dict:
         loader = self.calibration_loader(runner)
-        report_path = osp.join(runner.work_dir, REPORT_FILE)
-        partial_path = osp.join(runner.work_dir, PARTIAL_FILE)
-        os.makedirs(runner.work_dir, exist_ok=True)
-        resume = load_partial_state(partial_path) if self.resume else None
+        work_dir = runner.work_dir
+        report_path = osp.join(work_dir, REPORT_FILE)
+        partial_path = osp.join(work_dir, PARTIAL_FILE)
+        os.makedirs(work_dir, exist_ok=True)
+        resume = self._resume_state(partial_path)
         done_units = list(resume['reports']) if resume else []
+        stages_done = list(resume.get('stages_done', [])) if resume else []
 
         def on_unit_done(unit_report: dict) -> None:  # finished work survives a crash
             done_units.append(unit_report)
             _write_json(report_path, dict(status='running', units=done_units))
-            if unit_report['index'] >= 0:  # a backbone block: checkpoint the model
+            stage = unit_report.get('stage', 'calibrate')
+            if stage != 'mr' and unit_report['index'] >= 0:  # a backbone unit: checkpoint
                 save_partial_state(model, partial_path, qcfg, unit_report['index'] + 1,
-                                   [r for r in done_units if r['index'] >= 0])
+                                   done_units, stage, stages_done)
+
+        def on_stage_done(stage: str, finished: list, stage_report: dict) -> None:
+            stages_done[:] = finished
+            rest = [s for s in qcfg.stages if s not in finished]
+            nxt = rest[0] if rest else None
+            save_partial_state(model, osp.join(work_dir, f'stage_{stage}.pth'), qcfg, 0,
+                               done_units, nxt, finished)
+            save_partial_state(model, partial_path, qcfg, 0, done_units, nxt, finished)
+            runner.logger.info(f"[mmq] stage {stage} done in {stage_report['seconds']:.1f} s; "
+                               f'saved {osp.join(work_dir, f"stage_{stage}.pth")}')
 
         report = quantize(model, loader, qcfg, runner.logger,
                           int(self.activation_budget_gb * 1024**3),
-                          osp.join(runner.work_dir, 'activations'), on_unit_done, resume)
+                          osp.join(work_dir, 'activations'), on_unit_done, resume, on_stage_done)
         report['status'] = 'done'
         report['calibration_images'] = [
             loader.dataset.dataset.get_data_info(i)['img_path'] for i in loader.dataset.indices

@@ -1,13 +1,14 @@
 """What to quantize and how: bit widths, the quantizer of each activation role, and the
 calibration options. Configs give it as a plain dict (``quant_cfg=dict(...)``)."""
-from dataclasses import asdict, dataclass, fields
-from typing import Optional
+from dataclasses import asdict, dataclass, field, fields
+from typing import List, Optional
 
 from mmq.quantizers import (GELU_SHIFT, AdaLogQuantizer, FPCSCalibrator, Log2Quantizer,
                             LogSqrt2Quantizer, MinMaxCalibrator, PercentileCalibrator,
                             UniformQuantizer)
 from mmq.quantizers.fpcs import LogSchedule, UniformSchedule
 from mmq.quantizers.validation import UNIFORM_BITS, check_bits
+from .aphq_options import MROptions, ReconstructOptions, build_options, check_stages
 
 POWER_LAW_QUANTIZERS = ('adalog', 'log2', 'logsqrt2', 'uniform')
 CALIBRATORS = ('fpcs', 'minmax', 'percentile')
@@ -40,6 +41,11 @@ class QuantConfig:
             (:class:`mmq.quantizers.UniformSchedule`; published defaults when empty).
         log_schedule: Overrides of the log FPCS schedule (:class:`mmq.quantizers.LogSchedule`).
         seed: Seed of every row subsample.
+        stages: Calibration stages in order, a subset of ['mr', 'calibrate', 'reconstruct']
+            that includes 'calibrate' (APHQ: all three).
+        mr: Options of the 'mr' stage (:class:`mmq.models.aphq_options.MROptions`).
+        reconstruct: Options of the 'reconstruct' stage
+            (:class:`mmq.models.aphq_options.ReconstructOptions`).
     """
     w_bits: int = 4
     a_bits: int = 4
@@ -57,8 +63,14 @@ class QuantConfig:
     uniform_schedule: Optional[dict] = None
     log_schedule: Optional[dict] = None
     seed: int = 0
+    stages: List[str] = field(default_factory=lambda: ['calibrate'])
+    mr: Optional[dict] = None
+    reconstruct: Optional[dict] = None
 
     def __post_init__(self) -> None:
+        self.stages = list(check_stages(self.stages))
+        self.mr_options()
+        self.reconstruct_options()
         check_bits(self.w_bits, UNIFORM_BITS, 'w_bits')
         check_bits(self.a_bits, UNIFORM_BITS, 'a_bits')
         for name, allowed in (('softmax', POWER_LAW_QUANTIZERS), ('gelu', POWER_LAW_QUANTIZERS),
@@ -91,6 +103,12 @@ class QuantConfig:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def mr_options(self) -> MROptions:
+        return build_options(MROptions, self.mr, 'mr')
+
+    def reconstruct_options(self) -> ReconstructOptions:
+        return build_options(ReconstructOptions, self.reconstruct, 'reconstruct')
+
     def make_calibrator(self, role: str):
         """The calibrator of an operand of ``role`` ('weight' or 'activation')."""
         if self.calibrator == 'fpcs':
@@ -114,6 +132,9 @@ class QuantConfig:
 
     def post_softmax(self):
         return self._power_law(self.softmax, fixed_scale=1.0)
+
+    def post_relu(self) -> UniformQuantizer:
+        return UniformQuantizer(self.a_bits, fixed_zero_point=0)
 
     def post_gelu(self):
         return self._power_law(self.gelu, shift=GELU_SHIFT)

@@ -2,7 +2,8 @@
 
 Placement (``methods.md`` 1-4): weights per output channel; Linear / Conv inputs per tensor;
 q, k and v per head; the post-Softmax matrix by ``qcfg.softmax`` (AdaLog by default); the
-post-GELU fc2 input by ``qcfg.gelu`` (shifted AdaLog by default); the patch-embedding input
+post-GELU fc2 input by ``qcfg.gelu`` (shifted AdaLog by default); a post-ReLU fc2 input (after
+MR) uniform with zero point 0; the patch-embedding input
 stays float; ConvTranspose2d, LayerNorm, Softmax and GELU stay float.
 """
 from typing import Dict, Iterable
@@ -34,11 +35,11 @@ def _input_roles(model: nn.Module) -> Dict[int, str]:
             for layer in module.layers:
                 if isinstance(layer, nn.Sequential) and len(layer) >= 2:
                     act = layer[-2]
-                elif isinstance(layer, nn.Linear) and isinstance(act, nn.GELU):
-                    roles[id(layer)] = 'gelu'
-        elif isinstance(module, Mlp) and isinstance(module.act, nn.GELU) and isinstance(
+                elif isinstance(layer, nn.Linear) and isinstance(act, (nn.GELU, nn.ReLU)):
+                    roles[id(layer)] = 'gelu' if isinstance(act, nn.GELU) else 'relu'
+        elif isinstance(module, Mlp) and isinstance(module.act, (nn.GELU, nn.ReLU)) and isinstance(
                 module.norm, nn.Identity):
-            roles[id(module.fc2)] = 'gelu'
+            roles[id(module.fc2)] = 'gelu' if isinstance(module.act, nn.GELU) else 'relu'
         elif isinstance(module, PatchEmbed):
             roles[id(module.projection)] = 'image'
         elif isinstance(module, TimmPatchEmbed):
@@ -51,6 +52,8 @@ def _input_quantizer(role: str, qcfg: QuantConfig):
         return None  # the patch-embedding input (pixels) stays float
     if role == 'gelu':
         return qcfg.post_gelu()
+    if role == 'relu':
+        return qcfg.post_relu()
     return qcfg.activation()
 
 

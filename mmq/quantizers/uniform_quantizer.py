@@ -1,6 +1,8 @@
 """The uniform asymmetric quantizer module."""
 from typing import Optional
 
+import torch
+
 from torch import Tensor
 
 from mmq.registry import QUANTIZERS
@@ -21,7 +23,7 @@ class UniformQuantizer(BaseQuantizer):
             non-negative inputs such as post-ReLU activations).
     """
 
-    lazy_buffers = ('scale', 'zero_point')
+    lazy_buffers = ('scale', 'zero_point', 'rounding')
 
     def __init__(self,
                  bits: int,
@@ -39,14 +41,24 @@ class UniformQuantizer(BaseQuantizer):
             raise ValueError(f'scale {tuple(scale.shape)} and zero_point '
                              f'{tuple(zero_point.shape)} must have the same shape.')
         self._set(scale=scale.float(), zero_point=zero_point.round().float())
+        self.rounding = torch.empty(0)  # new parameters: round to nearest again
 
     def set_from_groups(self, x: Tensor, scale: Tensor, zero_point: Tensor) -> None:
         """Set parameters given per group ``(groups,)`` for inputs shaped like ``x``."""
         shape = param_shape(x, self.ch_axis)
         self.set_params(scale.reshape(shape), zero_point.reshape(shape))
 
+    def set_rounding(self, rounding: Tensor) -> None:
+        """Learned rounding (AdaRound): ``floor(x / s) + rounding`` instead of round to
+        nearest, for the one tensor (a weight) this quantizer was calibrated on."""
+        self.rounding = rounding.detach().to(torch.int8).clone()
+
     def quantize(self, x: Tensor) -> Tensor:
         """Integer codes of ``x``."""
+        if self.rounding.numel():
+            qmax = 2**self.bits - 1
+            codes = torch.floor(x / self.scale) + self.rounding + self.zero_point
+            return codes.clamp(0, qmax)
         return uniform_quantize(x, self.scale, self.zero_point, self.bits)
 
     def dequantize(self, codes: Tensor) -> Tensor:
@@ -56,6 +68,11 @@ class UniformQuantizer(BaseQuantizer):
     def forward(self, x: Tensor) -> Tensor:
         if not self.is_active:
             return x
+        if self.rounding.numel():
+            if self.rounding.shape != x.shape:
+                raise ValueError(f'learned rounding of shape {tuple(self.rounding.shape)} '
+                                 f'applied to a tensor of shape {tuple(x.shape)}.')
+            return self.dequantize(self.quantize(x))
         return fake_quant_uniform(x, self.scale, self.zero_point, self.bits)
 
     def extra_repr(self) -> str:

@@ -23,10 +23,10 @@ def _level(dims: int, scale: float, out_channels: int) -> nn.Sequential:
         pre, dims = [nn.ConvTranspose2d(dims, dims // 2, 2, 2)], dims // 2
     elif scale == 1.0:
         pre = []
-    elif scale == 0.5:
-        pre = [nn.MaxPool2d(2, 2)]
+    elif scale in (0.5, 0.25):
+        pre = [nn.MaxPool2d(int(1 / scale), int(1 / scale))]
     else:
-        raise ValueError(f'scale={scale} must be one of 4.0, 2.0, 1.0, 0.5.')
+        raise ValueError(f'scale={scale} must be one of 4.0, 2.0, 1.0, 0.5, 0.25.')
     return nn.Sequential(*pre, nn.Conv2d(dims, out_channels, 1, bias=False),
                          LayerNorm2d(out_channels),
                          nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False),

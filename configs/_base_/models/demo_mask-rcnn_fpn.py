@@ -1,0 +1,15 @@
+# mmdet's Mask R-CNN FPN, narrowed for the CPU-trained demo detectors (5 shape classes).
+_base_ = ['mmdet::_base_/models/mask-rcnn_r50_fpn.py']
+channels = 64
+model = dict(
+    data_preprocessor=dict(pad_size_divisor=32),
+    neck=dict(out_channels=channels),
+    rpn_head=dict(in_channels=channels, feat_channels=channels),
+    roi_head=dict(
+        bbox_roi_extractor=dict(out_channels=channels),
+        bbox_head=dict(in_channels=channels, fc_out_channels=256, num_classes=5),
+        mask_roi_extractor=dict(out_channels=channels),
+        mask_head=dict(num_convs=2, in_channels=channels, conv_out_channels=channels,
+                       num_classes=5)),
+    train_cfg=dict(rcnn=dict(sampler=dict(num=128))),
+    test_cfg=dict(rpn=dict(nms_pre=500, max_per_img=300), rcnn=dict(max_per_img=50)))

@@ -1,0 +1,250 @@
+"""Block reconstruction (``methods.md`` 5): per block, in order, AdaRound weights, learned
+activation scales and QDrop, minimising ``mean((O_hat - O)^2 * H)`` with ``H`` the block
+output's APH importance (RMS-normalised).
+
+Inputs stream from :class:`ActivationStore` s (memory up to a budget, then disk): the
+quantized chain's block inputs, the float chain's block inputs and the float block outputs.
+"""
+import math
+import time
+from typing import Dict, List, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from mmq.models.aphq_options import ReconstructOptions
+from mmq.models.quant_conv import QuantConv2d
+from mmq.models.quant_linear import QuantLinear
+from mmq.models.transform import quantizers, set_quant_enabled
+from mmq.quantizers.base_quantizer import BaseQuantizer
+from mmq.quantizers.uniform_quantizer import UniformQuantizer
+from .activation_store import ActivationStore
+from .units import Unit
+
+ZETA, GAMMA = 1.1, -0.1
+EVAL_ITEMS = 8  # calibration items the before / after block loss is measured on
+
+
+def _first(state) -> Tensor:
+    return next(x for x in state if torch.is_tensor(x))
+
+
+class AdaRoundQuantizer(nn.Module):
+    """Learned rounding of a calibrated per-channel uniform weight quantizer: ``w_q = s *
+    clamp(floor(w / s) + h(V), -z, 2^b - 1 - z)`` with the rectified sigmoid ``h``."""
+
+    def __init__(self, base: UniformQuantizer, weight: Tensor) -> None:
+        super().__init__()
+        self.base = base
+        self.register_buffer('floor', torch.floor(weight.detach() / base.scale))
+        rest = (weight.detach() / base.scale - self.floor).clamp(1e-4, 1 - 1e-4)
+        # h(V) = rest at the start: the soft rounding reproduces the float weight.
+        self.v = nn.Parameter(-torch.log((ZETA - GAMMA) / (rest - GAMMA) - 1))
+
+    def h(self) -> Tensor:
+        return (torch.sigmoid(self.v) * (ZETA - GAMMA) + GAMMA).clamp(0, 1)
+
+    def forward(self, w: Tensor, hard: bool = False) -> Tensor:
+        if not self.base.enabled:
+            return w
+        rounding = (self.v >= 0).float() if hard else self.h()
+        qmax = 2**self.base.bits - 1
+        z = self.base.zero_point
+        return torch.clamp(self.floor + rounding, -z, qmax - z) * self.base.scale
+
+    def regulariser(self, beta: float) -> Tensor:
+        return (1 - (2 * self.h() - 1).abs().pow(beta)).mean()
+
+
+def _beta(it: int, opts: ReconstructOptions) -> float:
+    """Annealed regulariser exponent; 0 means no regulariser yet (warm-up)."""
+    warm = opts.warmup * opts.iters
+    if it < warm:
+        return 0.0
+    frac = (it - warm) / max(1.0, opts.iters - warm)
+    return opts.beta[1] + (opts.beta[0] - opts.beta[1]) * (1 - frac)
+
+
+def _stack(states: List[tuple]) -> List[tuple]:
+    """Group states of equal shapes and concatenate each group along the batch axis."""
+    groups: Dict[tuple, List[tuple]] = {}
+    for s in states:
+        groups.setdefault(tuple(_first(s).shape[1:]), []).append(s)
+    out = []
+    for group in groups.values():
+        out.append(tuple(
+            torch.cat([g[i] for g in group]) if torch.is_tensor(x) else x
+            for i, x in enumerate(group[0])))
+    return out
+
+
+class _QDrop:
+    """While active, every activation quantizer passes its float input with probability p."""
+
+    def __init__(self, qs: Sequence[BaseQuantizer], p: float, generator: torch.Generator):
+        self.qs, self.p, self.generator = qs, p, generator
+        self.handles = []
+
+    def __enter__(self):
+        if self.p > 0:
+            for q in self.qs:
+                self.handles.append(q.register_forward_hook(self._hook))
+        return self
+
+    def _hook(self, module, args, out):
+        x = args[0]
+        keep_float = torch.rand(x.shape, generator=self.generator) < self.p
+        return torch.where(keep_float, x, out)
+
+    def __exit__(self, *exc):
+        for h in self.handles:
+            h.remove()
+        self.handles = []
+
+
+def _weighted_loss(out: Tensor, target: Tensor, h: Tensor) -> Tensor:
+    if h.dim() == 1:
+        return ((out - target).pow(2) * h).mean()
+    return ((out - target).pow(2) * h.unsqueeze(0)).mean()
+
+
+def _eval_loss(unit: Unit, q_store: ActivationStore, out_store: ActivationStore,
+               h: Tensor) -> float:
+    n = min(EVAL_ITEMS, len(q_store))
+    with torch.no_grad():
+        losses = [float(_weighted_loss(_first(unit.run(q_store[i])), _first(out_store[i]), h))
+                  for i in range(n)]
+    return sum(losses) / max(1, n)
+
+
+def _act_quantizers(unit: Unit) -> List[BaseQuantizer]:
+    weights = {id(m.weight_quantizer) for m in unit.module.modules()
+               if isinstance(m, (QuantLinear, QuantConv2d)) and m.weight_quantizer is not None}
+    return [q for q in quantizers(unit.module) if id(q) not in weights and bool(q.calibrated)]
+
+
+def _learnable_scales(qs: List[BaseQuantizer]) -> List[nn.Parameter]:
+    """Turn the per-tensor uniform activation scales into parameters (log quantizers keep
+    their searched base and scale)."""
+    params = []
+    for q in qs:
+        if isinstance(q, UniformQuantizer):
+            value = q.scale.detach().clone()
+            del q._buffers['scale']
+            q.scale = nn.Parameter(value)
+            params.append(q.scale)
+    return params
+
+
+def _freeze_scales(qs: List[BaseQuantizer]) -> None:
+    for q in qs:
+        if isinstance(q, UniformQuantizer) and isinstance(q.scale, nn.Parameter):
+            value = q.scale.detach().clone()
+            del q._parameters['scale']
+            q.register_buffer('scale', value)
+
+
+def reconstruct_unit(unit: Unit, q_store: ActivationStore, fp_store: ActivationStore,
+                     out_store: ActivationStore, h: Tensor, opts: ReconstructOptions,
+                     generator: torch.Generator) -> dict:
+    """Reconstruct one unit in place; returns its report (weighted loss before / after).
+
+    If the trained block is worse than the calibrated one on the evaluation items (it can
+    happen with very few iterations), the calibrated parameters are kept and the report says
+    so.
+    """
+    start = time.perf_counter()
+    layers = [m for m in unit.module.modules()
+              if isinstance(m, (QuantLinear, QuantConv2d)) and m.weight_quantizer is not None
+              and bool(m.weight_quantizer.calibrated)]
+    act_qs = _act_quantizers(unit)
+    module = unit.module
+    saved = {k: v.detach().clone() for k, v in module.state_dict().items()}
+    was_training = module.training
+    module.eval()  # no dropout / drop path
+    for q in quantizers(module):
+        q.train()  # differentiable (exact STE) quantizer paths
+    frozen = [p for p in module.parameters() if p.requires_grad]
+    for p in frozen:
+        p.requires_grad_(False)
+    before = _eval_loss(unit, q_store, out_store, h)
+    rounders = {}
+    for layer in layers:
+        rounders[id(layer)] = (layer, layer.weight_quantizer,
+                               AdaRoundQuantizer(layer.weight_quantizer, layer.weight))
+        layer.weight_quantizer = rounders[id(layer)][2]
+    scales = _learnable_scales(act_qs)
+    param_groups = [dict(params=[r.v for _, _, r in rounders.values()], lr=opts.round_lr)]
+    if scales:
+        param_groups.append(dict(params=scales, lr=opts.lr))
+    optimizer = torch.optim.Adam(param_groups)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, [lambda it: 1.0, lambda it: 0.5 * (1 + math.cos(math.pi * it / opts.iters))]
+        [:len(param_groups)])
+    n = len(q_store)
+    try:
+        with torch.enable_grad(), _QDrop(act_qs, opts.drop_prob, generator):
+            for it in range(opts.iters):
+                idx = torch.randint(0, n, (min(opts.batch, n), ), generator=generator).tolist()
+                # QDrop at the block input too: mix the quantized and float chains' inputs.
+                inputs = []
+                for i in idx:
+                    xq, xf = q_store[i], fp_store[i]
+                    t_q, t_f = _first(xq), _first(xf)
+                    mask = torch.rand(t_q.shape, generator=generator) < opts.drop_prob
+                    mixed = torch.where(mask, t_f, t_q)
+                    inputs.append(tuple(mixed if x is t_q else x for x in xq) +
+                                  (_first(out_store[i]), ))
+                beta = _beta(it, opts)
+                optimizer.zero_grad(set_to_none=True)
+                total = 0.0
+                for group in _stack(inputs):
+                    state, target = group[:-1], group[-1]
+                    out = _first(unit.run(state))
+                    loss = _weighted_loss(out, target, h) * target.shape[0] / len(idx)
+                    total = total + loss
+                if beta > 0:
+                    reg = sum(r.regulariser(beta) for _, _, r in rounders.values())
+                    total = total + opts.round_weight * reg / max(1, len(rounders))
+                total.backward()
+                optimizer.step()
+                schedule.step()
+                with torch.no_grad():
+                    for s in scales:
+                        s.clamp_(min=1e-8)
+    finally:
+        for layer, base, rounder in rounders.values():
+            # The float weight stays (float mode is still the float model); the quantizer
+            # remembers the learned rounding.
+            base.set_rounding((rounder.v.detach() >= 0).float())
+            layer.weight_quantizer = base
+        _freeze_scales(act_qs)
+        for p in frozen:
+            p.requires_grad_(True)
+        module.train(was_training)
+    module.eval()
+    after = _eval_loss(unit, q_store, out_store, h)
+    kept = after <= before
+    if not kept:
+        module.load_state_dict(saved)
+        after_final = before
+    else:
+        after_final = after
+    module.train(was_training)
+    return dict(unit=unit.name, seconds=time.perf_counter() - start, loss_before=before,
+                loss_after=after_final, loss_trained=after, reverted=not kept,
+                layers=len(layers), learned_scales=len(scales))
+
+
+def chain_outputs(unit: Unit, store: ActivationStore, quant: bool) -> ActivationStore:
+    """The unit's outputs on every item of ``store`` (quantized or float mode)."""
+    out = store.sibling()
+    if not quant:
+        set_quant_enabled(unit.module, False)
+    try:
+        with torch.no_grad():
+            for item in store:
+                out.append(unit.run(item))
+    finally:
+        set_quant_enabled(unit.module, True)
+    return out

@@ -1,0 +1,191 @@
+"""MR: MLP Reconstruction (``methods.md`` 6).
+
+GELU becomes ReLU in every MLP; fc1 and fc2 of each block are trained so the ReLU MLP
+reproduces the float GELU MLP on the float model's MLP inputs, weighted by the APH
+importance of the MLP output::
+
+    L = mean_rows sum_c (MLP_relu(x) - O_gelu)^2 H + 2 mean_rows sum_c (fc2(clamp(relu(fc1 x),
+        0, ub)) - O_gelu)^2 H
+
+Afterwards fc2's input is non-negative and is quantized uniformly with zero point 0 (the
+transform gives post-ReLU inputs that quantizer).
+"""
+import math
+import time
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Optional
+
+import torch
+from mmcv.cnn.bricks.transformer import FFN
+from timm.layers import Mlp
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from mmq.models.aphq_options import MROptions
+from mmq.quantizers.objectives import sqnr_db
+from .aph import aph_importance, aph_stats, rms_normalise
+
+
+@dataclass
+class MLPParts:
+    """One MLP: the module whose output APH perturbs, its two Linears and its activation."""
+    module: nn.Module
+    fc1: nn.Linear
+    fc2: nn.Linear
+    act: nn.Module
+    set_act: Callable[[nn.Module], None]
+
+    def forward(self, x: Tensor, act: Callable[[Tensor], Tensor],
+                ub: Optional[float] = None) -> Tensor:
+        h = act(self.fc1(x))
+        if ub is not None:
+            h = h.clamp(0, ub)
+        return self.fc2(h)
+
+
+def find_mlps(model: nn.Module) -> List[MLPParts]:
+    """Every two-layer MLP of ``model`` (mmcv ``FFN`` in Swin, timm ``Mlp`` in ViT), in order."""
+    found = []
+    for m in model.modules():
+        if isinstance(m, FFN):
+            layers = list(m.layers)
+            if (len(layers) == 3 and isinstance(layers[0], nn.Sequential)
+                    and isinstance(layers[0][0], nn.Linear) and isinstance(layers[1], nn.Linear)):
+                seq = layers[0]
+                found.append(MLPParts(m, seq[0], layers[1], seq[1],
+                                      lambda a, s=seq: s.__setitem__(1, a)))
+        elif isinstance(m, Mlp) and isinstance(m.norm, nn.Identity):
+            found.append(MLPParts(m, m.fc1, m.fc2, m.act,
+                                  lambda a, mlp=m: setattr(mlp, 'act', a)))
+    return found
+
+
+def apply_relu(model: nn.Module) -> int:
+    """Replace the activation of every MLP by ReLU (the structure MR produces)."""
+    mlps = find_mlps(model)
+    for mlp in mlps:
+        mlp.set_act(nn.ReLU())
+    return len(mlps)
+
+
+def _capture_mlp_inputs(mlps: List[MLPParts], forward: Callable, images: List[Tensor],
+                        rows: int, generator: torch.Generator):
+    """Seeded token rows of every MLP's input, with each row's token position."""
+    per_image = max(1, math.ceil(rows / len(images)))
+    got: Dict[int, list] = {id(m.module): [] for m in mlps}
+
+    def hook(module, args):
+        x = args[0].detach()
+        tokens = x.reshape(x.shape[0], -1, x.shape[-1])
+        flat = tokens.reshape(-1, x.shape[-1])
+        idx = torch.randperm(flat.shape[0], generator=generator)[:per_image]
+        got[id(module)].append((flat[idx], idx % tokens.shape[1]))
+
+    handles = [m.module.register_forward_pre_hook(hook) for m in mlps]
+    try:
+        with torch.no_grad():
+            for img in images:
+                forward(img)
+    finally:
+        for h in handles:
+            h.remove()
+    return [(torch.cat([x for x, _ in got[id(m.module)]]),
+             torch.cat([p for _, p in got[id(m.module)]])) for m in mlps]
+
+
+def _mr_loss(mlp: MLPParts, x: Tensor, target: Tensor, h: Tensor, ub: float,
+             clamp_weight: float) -> Tensor:
+    direct = ((mlp.forward(x, F.relu) - target).pow(2) * h).sum(-1).mean()
+    clamped = ((mlp.forward(x, F.relu, ub) - target).pow(2) * h).sum(-1).mean()
+    return direct + clamp_weight * clamped
+
+
+def _flat_outputs(out) -> Tensor:
+    if torch.is_tensor(out):
+        return out.flatten()
+    return torch.cat([_flat_outputs(o) for o in out if torch.is_tensor(o) or
+                      isinstance(o, (list, tuple))])
+
+
+def mlp_reconstruction(model: nn.Module, backbone: nn.Module, forward: Callable,
+                       task_loss: Callable, eps: float, images: List[Tensor], opts: MROptions,
+                       seed: int = 0, logger=None, checkpoints: int = 10) -> dict:
+    """Run MR on the float ``model`` in place (GELU -> ReLU, fc1 / fc2 trained per MLP).
+
+    Args:
+        model: The float model (detector or classifier) ``forward`` runs.
+        backbone: The part whose MLPs are reconstructed.
+        forward, task_loss, eps: The APH task (see :func:`mmq.calibration.aph.task_for`).
+        images: Calibration image batches.
+        opts: Iterations, batch, rows, learning rate, percentile.
+        checkpoints: How often (evenly over the iterations) the full-sample loss is logged.
+
+    Returns:
+        The stage report: per MLP the loss at each checkpoint, ``ub``, APH statistics, time;
+        and the SQNR of the model's outputs after MR against before.
+    """
+    start = time.perf_counter()
+    mlps = find_mlps(backbone)
+    if not mlps:
+        raise ValueError(f'{type(backbone).__name__} has no GELU MLP (mmcv FFN / timm Mlp) '
+                         "for MR: remove 'mr' from quant_cfg.stages.")
+    if any(not isinstance(m.act, nn.GELU) for m in mlps):
+        raise ValueError("MR expects GELU MLPs, but some activation is not GELU (was 'mr' "
+                         'already applied?).')
+    generator = torch.Generator().manual_seed(seed * 1000003 + 7)
+    model.eval()
+    with torch.no_grad():
+        reference = [_flat_outputs(forward(img)) for img in images[:2]]
+    samples = _capture_mlp_inputs(mlps, forward, images, opts.rows, generator)
+    hs = aph_importance(forward, task_loss, images, [m.module for m in mlps], eps, model)
+    for m in mlps:
+        m.set_act(nn.ReLU())
+    reports = []
+    for k, (mlp, (x, pos), h) in enumerate(zip(mlps, samples, hs)):
+        t0 = time.perf_counter()
+        h_rows = rms_normalise(h)
+        h_rows = h_rows[pos] if h_rows.dim() == 2 else h_rows.expand(x.shape[0], -1)
+        with torch.no_grad():
+            gelu_out = F.gelu(mlp.fc1(x))
+            target = mlp.fc2(gelu_out)
+            pos_vals = gelu_out[gelu_out > 0]
+            if pos_vals.numel() > 2**22:
+                pos_vals = pos_vals[torch.randperm(pos_vals.numel(), generator=generator)[:2**22]]
+            ub = float(pos_vals.quantile(opts.percentile)) if pos_vals.numel() else 0.0
+        params = [p for lin in (mlp.fc1, mlp.fc2) for p in lin.parameters()]
+        optimizer = torch.optim.Adam(params, lr=opts.lr)
+        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, opts.iters)
+        every = max(1, opts.iters // checkpoints)
+
+        def full_loss() -> float:
+            with torch.no_grad():
+                return float(_mr_loss(mlp, x, target, h_rows, ub, opts.clamp_weight))
+
+        curve = [full_loss()]
+        with torch.enable_grad():
+            for it in range(opts.iters):
+                idx = torch.randint(0, x.shape[0], (min(opts.batch, x.shape[0]), ),
+                                    generator=generator)
+                loss = _mr_loss(mlp, x[idx], target[idx], h_rows[idx], ub, opts.clamp_weight)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                schedule.step()
+                if (it + 1) % every == 0 or it + 1 == opts.iters:
+                    curve.append(full_loss())
+        for p in params:
+            p.grad = None
+        reports.append(dict(mlp=k, ub=ub, loss_start=curve[0], loss_end=curve[-1],
+                            loss_curve=curve, aph=aph_stats(h),
+                            seconds=time.perf_counter() - t0))
+        if logger is not None:
+            logger.info(f'[mmq] MR {k + 1}/{len(mlps)}: weighted loss {curve[0]:.4g} -> '
+                        f'{curve[-1]:.4g}, ub {ub:.3g}, {reports[-1]["seconds"]:.1f} s')
+    with torch.no_grad():
+        after = [_flat_outputs(forward(img)) for img in images[:2]]
+    drift = sum(sqnr_db(r, a) for r, a in zip(reference, after)) / len(reference)
+    if logger is not None:
+        logger.info(f'[mmq] MR done in {time.perf_counter() - start:.1f} s: model output '
+                    f'SQNR after vs before MR {drift:.2f} dB')
+    return dict(stage='mr', seconds=time.perf_counter() - start, mlps=reports,
+                output_sqnr_db=drift)

@@ -1,0 +1,72 @@
+"""The 'reconstruct' stage: APH importance of every block output, then block reconstruction
+in order, each block fed by the already reconstructed quantized blocks before it."""
+import time
+from typing import Callable, List, Optional
+
+import torch
+from torch import nn
+
+from mmq.models.aphq_options import ReconstructOptions
+from .activation_store import ActivationStore
+from .aph import aph_importance, aph_stats, rms_normalise
+from .block_reconstruction import chain_outputs, reconstruct_unit
+from .units import Unit
+
+
+def reconstructable(unit: Unit) -> bool:
+    """Units with a callable module (blocks, patch merging, patch embedding); the ViTDet
+    pyramid (a ModuleList of levels) keeps its calibrated parameters."""
+    return not isinstance(unit.module, (nn.ModuleList, nn.ModuleDict))
+
+
+def reconstruct_units(model: nn.Module, units: List[Unit], images: ActivationStore,
+                      forward: Callable, task_loss: Callable, eps: float,
+                      opts: ReconstructOptions, seed: int = 0, logger=None,
+                      on_unit_done: Optional[Callable[[dict], None]] = None,
+                      done: int = 0) -> dict:
+    """Reconstruct units ``done..`` of the chain in place (earlier ones are finished).
+
+    ``images`` holds ``(image_batch,)`` items; it is left open for the caller.
+    """
+    start = time.perf_counter()
+    todo = [i for i, u in enumerate(units) if i >= done and reconstructable(u)]
+    t0 = time.perf_counter()
+    maps = aph_importance(forward, task_loss, [item[0] for item in images],
+                          [units[i].module for i in todo], eps, model)
+    hs = dict(zip(todo, maps))
+    aph_seconds = time.perf_counter() - t0
+    if logger is not None:
+        logger.info(f'[mmq] APH importance of {len(todo)} block outputs in {aph_seconds:.1f} s')
+    reports = []
+    q_store = fp_store = images
+    for i, unit in enumerate(units):
+        fp_out = chain_outputs(unit, fp_store, quant=False)
+        if i in hs:
+            h = hs[i]
+            out_shape = next(x for x in fp_out[0] if torch.is_tensor(x)).shape[1:]
+            if h.dim() > 1 and h.shape != out_shape:
+                # The module's output is not the unit's (e.g. a class token added after the
+                # patch embedding): keep the channel structure only.
+                h = h.reshape(-1, h.shape[-1]).mean(0)
+            generator = torch.Generator().manual_seed(seed * 1000003 + 17 * i + 1)
+            report = reconstruct_unit(unit, q_store, fp_store, fp_out, rms_normalise(h), opts,
+                                      generator)
+            report.update(stage='reconstruct', index=i, aph=aph_stats(hs[i]))
+            reports.append(report)
+            if logger is not None:
+                note = ' (kept calibrated: training did not help)' if report['reverted'] else ''
+                logger.info(f"[mmq] reconstruct {i + 1}/{len(units)} {unit.name}: weighted "
+                            f"loss {report['loss_before']:.4g} -> {report['loss_after']:.4g}, "
+                            f"{report['seconds']:.1f} s{note}")
+            if on_unit_done is not None:
+                on_unit_done(report)
+        q_out = chain_outputs(unit, q_store, quant=True)
+        for s in (q_store, fp_store):
+            if s is not images:
+                s.close()
+        q_store, fp_store = q_out, fp_out
+    for s in (q_store, fp_store):
+        if s is not images:
+            s.close()
+    return dict(stage='reconstruct', seconds=time.perf_counter() - start,
+                aph_seconds=aph_seconds, units=reports)

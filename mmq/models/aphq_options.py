@@ -1,0 +1,93 @@
+"""Options of the APHQ calibration stages (``quant_cfg.mr`` and ``quant_cfg.reconstruct``).
+
+Defaults are the published ones; the demo presets shrink iterations and batches for CPU.
+"""
+from dataclasses import asdict, dataclass, fields
+from typing import Optional, Tuple
+
+STAGES = ('mr', 'calibrate', 'reconstruct')
+
+
+@dataclass
+class MROptions:
+    """MLP Reconstruction (``methods.md`` 6).
+
+    Args:
+        iters: Adam steps per MLP.
+        batch: Token rows per step.
+        rows: Token rows sampled (seeded) from the calibration images per MLP.
+        lr: Adam learning rate (cosine-annealed to 0).
+        percentile: ``ub`` = this percentile of the positive float GELU outputs (0.999 for
+            detection; 0.99 at 3 bits and 0.98 at 4 in classification).
+        clamp_weight: Weight of the clamped term (published: 2).
+        eps: APH perturbation (``None``: 1e-3 for detectors, 1e-6 for classifiers).
+    """
+    iters: int = 1000
+    batch: int = 1024
+    rows: int = 8192
+    lr: float = 4e-5
+    percentile: float = 0.999
+    clamp_weight: float = 2.0
+    eps: Optional[float] = None
+
+
+@dataclass
+class ReconstructOptions:
+    """Block reconstruction with AdaRound, learned activation scales and QDrop
+    (``methods.md`` 5).
+
+    Args:
+        iters: Steps per block (published: 20000).
+        batch: Images per step (published: 32).
+        lr: Adam learning rate of the activation scales (cosine-annealed).
+        round_lr: Adam learning rate of the AdaRound variables.
+        round_weight: Weight of the rounding regulariser (mean over weights).
+        beta: Regulariser exponent annealed from ``beta[0]`` to ``beta[1]``.
+        warmup: Fraction of steps before the regulariser starts.
+        drop_prob: QDrop: probability that an activation quantizer passes its float input.
+        eps: APH perturbation (``None``: 1e-3 for detectors, 1e-6 for classifiers).
+    """
+    iters: int = 20000
+    batch: int = 32
+    lr: float = 4e-5
+    round_lr: float = 1e-3
+    round_weight: float = 0.01
+    beta: Tuple[float, float] = (20.0, 2.0)
+    warmup: float = 0.2
+    drop_prob: float = 0.5
+    eps: Optional[float] = None
+
+
+def build_options(cls, cfg: Optional[dict], key: str):
+    """``cls(**cfg)`` naming any unknown or bad option."""
+    cfg = dict(cfg or {})
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(cfg) - known)
+    if unknown:
+        raise ValueError(f'unknown quant_cfg.{key} option(s) {unknown}; known: {sorted(known)}.')
+    opts = cls(**cfg)
+    for f in fields(cls):
+        v = getattr(opts, f.name)
+        if f.name in ('iters', 'batch', 'rows') and (not isinstance(v, int) or v < 1):
+            raise ValueError(f'quant_cfg.{key}.{f.name}={v!r} must be a positive integer.')
+        if f.name in ('lr', 'round_lr') and not v > 0:
+            raise ValueError(f'quant_cfg.{key}.{f.name}={v!r} must be positive.')
+        if f.name in ('percentile', 'drop_prob', 'warmup') and not 0 <= v <= 1:
+            raise ValueError(f'quant_cfg.{key}.{f.name}={v!r} must be in [0, 1].')
+    return opts
+
+
+def check_stages(stages) -> Tuple[str, ...]:
+    """Stages must be a subset of ('mr', 'calibrate', 'reconstruct'), in that order, and
+    include 'calibrate' (it sets every quantizer's parameters)."""
+    stages = tuple(stages)
+    if (not stages or any(s not in STAGES for s in stages) or len(set(stages)) != len(stages)
+            or list(stages) != sorted(stages, key=STAGES.index) or 'calibrate' not in stages):
+        raise ValueError(f'quant_cfg.stages={list(stages)} must be a subset of {list(STAGES)} in '
+                         "that order that includes 'calibrate', e.g. ['mr', 'calibrate', "
+                         "'reconstruct'].")
+    return stages
+
+
+def options_dict(opts) -> dict:
+    return asdict(opts)
