@@ -2,7 +2,7 @@
 PYTHON ?= python3
 export PYTHON
 
-.PHONY: install test demo smoke benchmark-quantizers
+.PHONY: install test demo smoke data benchmark-quantizers benchmark-accuracy
 
 install:
 	bash tools/install.sh
@@ -15,7 +15,17 @@ test: install
 smoke: install
 	$(PYTHON) tools/smoke.py
 
-demo: smoke
+# The main command: quantize the committed demo Swin Mask R-CNN at W4A4 and print float vs
+# quantized box / mask AP (generates data/shapes first when it is absent).
+demo: install
+	$(PYTHON) tools/demo.py
+
+data: install
+	@test -f data/shapes/annotations/instances_val.json || \
+		$(PYTHON) tools/generate_shapes_dataset.py data/shapes
 
 benchmark-quantizers: install
 	$(PYTHON) benchmarks/quantizer_benchmark.py
+
+benchmark-accuracy: install data
+	$(PYTHON) benchmarks/accuracy_benchmark.py

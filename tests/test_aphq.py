@@ -162,3 +162,47 @@ def test_stage_options_are_checked():
         QuantConfig(reconstruct=dict(iterations=5))
     with pytest.raises(ValueError, match='positive integer'):
         QuantConfig(mr=dict(iters=0))
+
+
+def test_stages_through_the_hook_save_stage_results_and_restart_from_one(shapes_data, tmp_path):
+    """All three stages on a narrow Swin Mask R-CNN through Runner.test(): every stage's
+    result lands in the work dir; a second run started from ``stage_calibrate.pth`` only
+    reconstructs and ends in the same state; the saved state reloads (ReLU MLPs included)."""
+    from mmengine.runner import Runner
+    from mmq.hooks.quant_calibration_hook import PARTIAL_FILE, STATE_FILE
+    from .conftest import swin_config
+    quant = dict(FAST_QUANT, stages=['mr', 'calibrate', 'reconstruct'],
+                 mr=dict(iters=5, batch=256, rows=256),
+                 reconstruct=dict(iters=3, batch=2))
+    def narrow(cfg):  # a 1-block-per-stage Swin keeps the test in the CI budget
+        cfg.model.backbone.update(embed_dims=32, depths=[1, 1, 1, 1], num_heads=[1, 2, 4, 8])
+        cfg.model.neck.in_channels = [32, 64, 128, 256]
+        return cfg
+
+    first = str(tmp_path / 'first')
+    cfg = narrow(swin_config(shapes_data, first, quant, tmp_path))
+    torch.manual_seed(0)
+    runner = Runner.from_cfg(cfg)
+    metrics = runner.test()
+    assert 0.0 <= metrics['coco/bbox_mAP'] <= 1.0
+    for stage in ('mr', 'calibrate', 'reconstruct'):
+        assert (tmp_path / 'first' / f'stage_{stage}.pth').is_file()
+    assert not (tmp_path / 'first' / PARTIAL_FILE).exists()  # finished: no partial left
+    calibrated = load_partial_state(str(tmp_path / 'first' / 'stage_calibrate.pth'))
+    assert calibrated['stages_done'] == ['mr', 'calibrate']
+    assert calibrated['stage'] == 'reconstruct'
+
+    cfg2 = narrow(swin_config(shapes_data, str(tmp_path / 'second'), quant, tmp_path))
+    cfg2.custom_hooks[0]['resume_from'] = str(tmp_path / 'first' / 'stage_calibrate.pth')
+    torch.manual_seed(0)
+    runner2 = Runner.from_cfg(cfg2)
+    runner2.test()
+    a = torch.load(str(tmp_path / 'first' / STATE_FILE), weights_only=False)['state_dict']
+    b = torch.load(str(tmp_path / 'second' / STATE_FILE), weights_only=False)['state_dict']
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+    cfg3 = narrow(swin_config(shapes_data, str(tmp_path / 'third'), quant, tmp_path))
+    cfg3.custom_hooks[0]['load_state'] = str(tmp_path / 'first' / STATE_FILE)
+    torch.manual_seed(0)
+    reloaded = Runner.from_cfg(cfg3).test()
+    assert reloaded == metrics

@@ -6,14 +6,19 @@
 
 CONFIG is a detector config that inherits a quant preset from configs/_base_/quant/ (or any
 config, with --quant-cfg to merge one). The work dir receives quantized_state.pth and
-calibration_report.json; the metrics are mmdet's CocoMetric output.
+calibration_report.json (per stage ``stage_<name>.pth``); the metrics are mmdet's CocoMetric
+output, also written to metrics.json with the wall time and peak memory.
 """
 import argparse
 import os
 import os.path as osp
+import resource
+import time
 
 from mmengine.config import Config, DictAction
 from mmengine.runner import Runner
+
+from mmq.utils import write_metrics
 
 HOOK_TYPE = 'mmq.QuantCalibrationHook'
 
@@ -98,9 +103,12 @@ def main() -> None:
     args = parse_args()
     cfg = build_config(args)
     init_cpu_distributed(cfg)
+    start = time.perf_counter()
     runner = Runner.from_cfg(cfg)
     metrics = runner.test()
     runner.logger.info(f'[mmq] quantized model metrics: {metrics}')
+    write_metrics(cfg.work_dir, metrics, time.perf_counter() - start,
+                  resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 
 
 if __name__ == '__main__':

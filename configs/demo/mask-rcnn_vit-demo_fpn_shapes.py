@@ -17,5 +17,12 @@ model = dict(
         mlp_ratio=4.0,
         out_channels=64,
         scales=(4.0, 2.0, 1.0, 0.5),
-        drop_path_rate=0.1),
+        drop_path_rate=0.0),
     neck=dict(in_channels=[64, 64, 64, 64]))
+max_epochs = 12
+train_cfg = dict(max_epochs=max_epochs, val_interval=max_epochs)
+param_scheduler = [
+    dict(type='LinearLR', start_factor=0.01, by_epoch=False, begin=0, end=200),
+    dict(type='CosineAnnealingLR', by_epoch=True, begin=0, end=max_epochs, T_max=max_epochs,
+         eta_min_ratio=0.01, convert_to_iter_based=True)
+]

@@ -132,8 +132,9 @@ class QuantCalibrationHook(Hook):
                              'require_checkpoint=False only to calibrate random weights.')
         if runner.cfg.get('load_from'):
             check_checkpoint_matches(model, runner.cfg.load_from)
-        prepare(model, qcfg)
         state = [None]
+        if not is_main_process():
+            prepare(model, qcfg)  # the structure rank 0's state is loaded into
         if is_main_process():
             report = self._calibrate(runner, model, qcfg, state_path)
             state = [model.state_dict()]

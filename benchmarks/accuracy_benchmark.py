@@ -1,0 +1,184 @@
+"""Accuracy benchmark: box / mask AP of the demo detectors, float and quantized by each method
+at W3A3 / W4A4 / W6A6, with calibration time and peak memory per row.
+
+    python benchmarks/accuracy_benchmark.py [--detectors swin vit] [--bits 3 4 6]
+        [--methods ...] [--out benchmarks/results/accuracy]
+
+Every row is one ``tools/quantize.py`` run (``tools/test.py`` for float) in its own process
+and work dir, so peak memory is per row; a row whose ``metrics.json`` exists for the same
+config is not run again (an interrupted benchmark continues where it stopped). Writes
+``accuracy.json``, ``accuracy.md`` and ``accuracy.png`` to ``--out``.
+"""
+import argparse
+import json
+import os
+import os.path as osp
+import subprocess
+import sys
+import time
+
+ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+DETECTORS = dict(
+    swin=('configs/demo/mask-rcnn_swin-demo_fpn_shapes.py',
+          'checkpoints/demo/mask-rcnn_swin-demo_shapes.pth'),
+    vit=('configs/demo/mask-rcnn_vit-demo_fpn_shapes.py',
+         'checkpoints/demo/mask-rcnn_vit-demo_shapes.pth'))
+# Short CPU schedules of the APHQ stages (published: MR 1000+ steps, reconstruction 20,000
+# steps x 32 images per block).
+MR_DEMO = dict(iters=300, batch=1024, rows=8192, lr=1e-3)
+REC_DEMO = dict(iters=300, batch=4, lr=4e-5, round_lr=1e-2)
+UNIFORM = dict(softmax='uniform', gelu='uniform')
+METHODS = {
+    'uniform-minmax': dict(UNIFORM, calibrator='minmax'),
+    'uniform-percentile': dict(UNIFORM, calibrator='percentile'),
+    'adalog-fpcs': dict(),
+    'adalog-fpcs+mr': dict(stages=['mr', 'calibrate'], mr=MR_DEMO),
+    'adalog-fpcs+rec': dict(stages=['calibrate', 'reconstruct'], reconstruct=REC_DEMO),
+    'adalog-fpcs+mr+rec': dict(stages=['mr', 'calibrate', 'reconstruct'], mr=MR_DEMO,
+                               reconstruct=REC_DEMO),
+}
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('--detectors', nargs='+', default=list(DETECTORS), choices=DETECTORS)
+    parser.add_argument('--bits', nargs='+', type=int, default=[3, 4, 6], choices=[3, 4, 6])
+    parser.add_argument('--methods', nargs='+', default=list(METHODS), choices=METHODS)
+    parser.add_argument('--num-images', type=int, default=32, help='calibration images')
+    parser.add_argument('--out', default=osp.join(ROOT, 'benchmarks/results/accuracy'))
+    parser.add_argument('--force', action='store_true', help='rerun rows that have results')
+    return parser.parse_args()
+
+
+def _row_config(path: str, detector_cfg: str, bits: int, method: str) -> None:
+    text = (f"_base_ = [{osp.join(ROOT, detector_cfg)!r},\n"
+            f"          {osp.join(ROOT, f'configs/_base_/quant/w{bits}a{bits}_adalog.py')!r}]\n"
+            f'quant_cfg = dict(_delete_=True, **{{**dict(w_bits={bits}, a_bits={bits}, '
+            f"softmax='adalog', gelu='adalog', calibrator='fpcs', scope='backbone'), "
+            f'**{METHODS[method]!r}}})\n')
+    _write_if_changed(path, text)
+
+
+def _write_if_changed(path: str, text: str) -> bool:
+    if osp.isfile(path) and open(path).read() == text:
+        return False
+    os.makedirs(osp.dirname(path), exist_ok=True)
+    with open(path, 'w') as f:
+        f.write(text)
+    return True
+
+
+def _run(cmd: list, work_dir: str, label: str, force: bool) -> dict:
+    metrics_path = osp.join(work_dir, 'metrics.json')
+    cmd_path = osp.join(work_dir, 'command.txt')
+    changed = _write_if_changed(cmd_path, ' '.join(cmd) + '\n')
+    if osp.isfile(metrics_path) and not force and not changed:
+        print(f'{label}: done before (delete {metrics_path} or pass --force to rerun)', flush=True)
+    else:
+        if osp.isfile(metrics_path):
+            os.remove(metrics_path)
+        print(f'{label}: running (log {osp.join(work_dir, "run.log")})', flush=True)
+        start = time.perf_counter()
+        with open(osp.join(work_dir, 'run.log'), 'w') as log:
+            proc = subprocess.run(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+        if proc.returncode != 0:
+            with open(osp.join(work_dir, 'run.log')) as f:
+                tail = f.read()[-3000:]
+            raise SystemExit(f'{label} failed (exit {proc.returncode}); log tail:\n{tail}')
+        print(f'{label}: finished in {time.perf_counter() - start:.0f} s', flush=True)
+    with open(metrics_path) as f:
+        result = json.load(f)
+    report = osp.join(work_dir, 'calibration_report.json')
+    if osp.isfile(report):
+        with open(report) as f:
+            rep = json.load(f)
+        result['calibration_seconds'] = rep['seconds']
+        result['stage_seconds'] = {k: v['seconds'] for k, v in rep.get('stages', {}).items()}
+    return result
+
+
+def _row(detector: str, bits, method: str, result: dict) -> dict:
+    m = result['metrics']
+    return dict(detector=detector, bits=bits, method=method,
+                bbox_mAP=m.get('coco/bbox_mAP'), segm_mAP=m.get('coco/segm_mAP'),
+                calibration_seconds=result.get('calibration_seconds'),
+                stage_seconds=result.get('stage_seconds'), peak_rss_mb=result['peak_rss_mb'],
+                wall_seconds=result['seconds'])
+
+
+def _markdown(rows: list) -> str:
+    lines = ['| detector | bits | method | box AP | mask AP | calib. s | peak RSS MB |',
+             '|---|---|---|---|---|---|---|']
+    for r in rows:
+        bits = 'float' if r['bits'] is None else f"W{r['bits']}A{r['bits']}"
+        calib = '-' if r['calibration_seconds'] is None else f"{r['calibration_seconds']:.0f}"
+        lines.append(f"| {r['detector']} | {bits} | {r['method']} | {r['bbox_mAP']:.3f} | "
+                     f"{r['segm_mAP']:.3f} | {calib} | {r['peak_rss_mb']:.0f} |")
+    return '\n'.join(lines) + '\n'
+
+
+def _plot(rows: list, path: str) -> None:
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    detectors = sorted({r['detector'] for r in rows})
+    fig, axes = plt.subplots(2, len(detectors), figsize=(6 * len(detectors), 8), squeeze=False)
+    for j, det in enumerate(detectors):
+        for i, key in enumerate(('bbox_mAP', 'segm_mAP')):
+            ax = axes[i][j]
+            float_rows = [r for r in rows if r['detector'] == det and r['bits'] is None]
+            if float_rows:
+                ax.axhline(float_rows[0][key], color='k', ls='--', label='float')
+            for method in METHODS:
+                pts = sorted((r['bits'], r[key]) for r in rows
+                             if r['detector'] == det and r['method'] == method)
+                if pts:
+                    ax.plot([p[0] for p in pts], [p[1] for p in pts], 'o-', label=method)
+            ax.set_title(f'{det}: {key}')
+            ax.set_xlabel('bits (W = A)')
+            ax.set_xticks([3, 4, 6])
+            ax.set_ylim(0, 1)
+            ax.grid(alpha=0.3)
+            if i == 0 and j == 0:
+                ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
+def main() -> None:
+    args = parse_args()
+    os.makedirs(args.out, exist_ok=True)
+    py = sys.executable
+    rows = []
+    jobs = [(d, None, 'float') for d in args.detectors]
+    jobs += [(d, b, m) for d in args.detectors for b in args.bits for m in args.methods]
+    for k, (det, bits, method) in enumerate(jobs):
+        cfg_file, ckpt = DETECTORS[det]
+        if not osp.isfile(osp.join(ROOT, ckpt)):
+            raise SystemExit(f'{ckpt} is missing: the demo checkpoints are committed with the '
+                             'repository (see checkpoints/demo/README.md).')
+        name = 'float' if bits is None else f'w{bits}a{bits}_{method}'
+        work_dir = osp.join(args.out, det, name)
+        os.makedirs(work_dir, exist_ok=True)
+        label = f'[{k + 1}/{len(jobs)}] {det} {name}'
+        if bits is None:
+            cmd = [py, 'tools/test.py', cfg_file, ckpt, '--work-dir', work_dir]
+        else:
+            row_cfg = osp.join(work_dir, 'config.py')
+            _row_config(row_cfg, cfg_file, bits, method)
+            cmd = [py, 'tools/quantize.py', row_cfg, ckpt, '--work-dir', work_dir,
+                   '--num-images', str(args.num_images)]
+        row = _row(det, bits, method, _run(cmd, work_dir, label, args.force))
+        print(f"{label}: box AP {row['bbox_mAP']:.3f}, mask AP {row['segm_mAP']:.3f}",
+              flush=True)
+        rows.append(row)
+        with open(osp.join(args.out, 'accuracy.json'), 'w') as f:
+            json.dump(dict(rows=rows, methods=METHODS, command=' '.join(sys.argv)), f, indent=1)
+    with open(osp.join(args.out, 'accuracy.md'), 'w') as f:
+        f.write(_markdown(rows))
+    _plot(rows, osp.join(args.out, 'accuracy.png'))
+    print(_markdown(rows))
+
+
+if __name__ == '__main__':
+    main()

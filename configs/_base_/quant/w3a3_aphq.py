@@ -1,0 +1,5 @@
+# APHQ-ViT: MLP Reconstruction, AdaLog + FPCS calibration, then APH-weighted block
+# reconstruction with the published schedule (20,000 iterations x batch 32 per block: hours on
+# a CPU; the demo configs use a short schedule).
+_base_ = ['./w3a3_adalog.py']
+quant_cfg = dict(stages=['mr', 'calibrate', 'reconstruct'])
