@@ -44,6 +44,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument('--detectors', nargs='+', default=list(DETECTORS), choices=DETECTORS)
     parser.add_argument('--bits', nargs='+', type=int, default=[3, 4, 6], choices=[3, 4, 6])
     parser.add_argument('--methods', nargs='+', default=list(METHODS), choices=METHODS)
+    parser.add_argument('--reconstruct-bits', nargs='+', type=int, default=[3, 4],
+                        help='bit widths the +rec methods run at (each costs minutes on a CPU)')
     parser.add_argument('--num-images', type=int, default=32, help='calibration images')
     parser.add_argument('--out', default=osp.join(ROOT, 'benchmarks/results/accuracy'))
     parser.add_argument('--force', action='store_true', help='rerun rows that have results')
@@ -75,8 +77,10 @@ def _run(cmd: list, work_dir: str, label: str, force: bool) -> dict:
     if osp.isfile(metrics_path) and not force and not changed:
         print(f'{label}: done before (delete {metrics_path} or pass --force to rerun)', flush=True)
     else:
-        if osp.isfile(metrics_path):
-            os.remove(metrics_path)
+        for stale in ('metrics.json', 'quantized_state.partial.pth') if changed else (
+                'metrics.json', ):
+            if osp.isfile(osp.join(work_dir, stale)):
+                os.remove(osp.join(work_dir, stale))  # a partial state of another config
         print(f'{label}: running (log {osp.join(work_dir, "run.log")})', flush=True)
         start = time.perf_counter()
         with open(osp.join(work_dir, 'run.log'), 'w') as log:
@@ -107,13 +111,20 @@ def _row(detector: str, bits, method: str, result: dict) -> dict:
 
 
 def _markdown(rows: list) -> str:
-    lines = ['| detector | bits | method | box AP | mask AP | calib. s | peak RSS MB |',
-             '|---|---|---|---|---|---|---|']
+    lines = ['| detector | bits | method | box AP | mask AP | box / mask kept | calib. s | '
+             'stages s | peak RSS MB |', '|---|---|---|---|---|---|---|---|---|']
+    floats = {r['detector']: r for r in rows if r['bits'] is None}
     for r in rows:
+        f = floats.get(r['detector'])
+        kept = '-' if f is None or r['bits'] is None else (
+            f"{r['bbox_mAP'] / max(f['bbox_mAP'], 1e-9):.0%} / "
+            f"{r['segm_mAP'] / max(f['segm_mAP'], 1e-9):.0%}")
         bits = 'float' if r['bits'] is None else f"W{r['bits']}A{r['bits']}"
         calib = '-' if r['calibration_seconds'] is None else f"{r['calibration_seconds']:.0f}"
+        stages = ' / '.join(f'{k} {v:.0f}' for k, v in (r['stage_seconds'] or {}).items())
         lines.append(f"| {r['detector']} | {bits} | {r['method']} | {r['bbox_mAP']:.3f} | "
-                     f"{r['segm_mAP']:.3f} | {calib} | {r['peak_rss_mb']:.0f} |")
+                     f"{r['segm_mAP']:.3f} | {kept} | {calib} | {stages or '-'} | "
+                     f"{r['peak_rss_mb']:.0f} |")
     return '\n'.join(lines) + '\n'
 
 
@@ -151,7 +162,8 @@ def main() -> None:
     py = sys.executable
     rows = []
     jobs = [(d, None, 'float') for d in args.detectors]
-    jobs += [(d, b, m) for d in args.detectors for b in args.bits for m in args.methods]
+    jobs += [(d, b, m) for d in args.detectors for b in args.bits for m in args.methods
+             if 'rec' not in m or b in args.reconstruct_bits]
     for k, (det, bits, method) in enumerate(jobs):
         cfg_file, ckpt = DETECTORS[det]
         if not osp.isfile(osp.join(ROOT, ckpt)):

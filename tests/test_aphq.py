@@ -206,3 +206,14 @@ def test_stages_through_the_hook_save_stage_results_and_restart_from_one(shapes_
     torch.manual_seed(0)
     reloaded = Runner.from_cfg(cfg3).test()
     assert reloaded == metrics
+
+
+def test_rms_normalise_survives_huge_importances():
+    from mmq.calibration.aph import rms_normalise
+    h = torch.tensor([[1e30, 3e30], [0.0, 2e30]])  # h^2 overflows float32
+    out = rms_normalise(h)
+    assert torch.isfinite(out).all()
+    torch.testing.assert_close(out.pow(2).mean(), torch.tensor(1.0))
+    torch.testing.assert_close(out / out.max(), h / h.max())
+    with pytest.raises(ValueError, match='not finite'):
+        rms_normalise(torch.tensor([1.0, float('nan')]).nan_to_num(nan=float('inf')))

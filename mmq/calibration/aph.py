@@ -60,6 +60,9 @@ def rpn_task_loss(fp_out, out, objectness_thr: float = 0.7) -> Tensor:
     (fp_cls, fp_reg), (cls, reg) = fp_out, out
     kl, l1 = 0.0, 0.0
     for fc, fr, c, r in zip(fp_cls, fp_reg, cls, reg):
+        # float64: for an eps-sized perturbation the KL is O(eps^2), below float32 rounding
+        # of its O(1) terms, and each term is divided by its own value below.
+        fc, fr, c, r = fc.double(), fr.double(), c.double(), r.double()
         p = torch.sigmoid(fc)
         # KL(Bernoulli(p) || Bernoulli(sigmoid(c))), from logits for stability.
         kl = kl + (p * (F.logsigmoid(fc) - F.logsigmoid(c)) +
@@ -77,9 +80,10 @@ def rpn_task_loss(fp_out, out, objectness_thr: float = 0.7) -> Tensor:
 
 
 def kl_task_loss(fp_logits: Tensor, logits: Tensor, temperature: float = 20.0) -> Tensor:
-    """Classification task loss ``KL(softmax(z_fp / T) || softmax(z / T))``."""
-    p = F.log_softmax(fp_logits / temperature, -1)
-    q = F.log_softmax(logits / temperature, -1)
+    """Classification task loss ``KL(softmax(z_fp / T) || softmax(z / T))`` (in float64: it
+    is O(eps^2) for an eps perturbation)."""
+    p = F.log_softmax(fp_logits.double() / temperature, -1)
+    q = F.log_softmax(logits.double() / temperature, -1)
     return (p.exp() * (p - q)).sum(-1).mean()
 
 
@@ -157,9 +161,17 @@ def aph_importance(forward: Callable[[Tensor], object], task_loss: Callable, ima
 
 
 def rms_normalise(h: Tensor) -> Tensor:
-    """``h / sqrt(mean(h^2))`` (all ones when ``h`` is zero everywhere)."""
-    rms = h.pow(2).mean().sqrt()
-    return torch.ones_like(h) if float(rms) == 0.0 else h / rms
+    """``h / sqrt(mean(h^2))`` (all ones when ``h`` is zero everywhere), overflow-safe."""
+    dtype = h.dtype
+    h = h.double()
+    peak = h.abs().max()
+    if not torch.isfinite(peak) or float(peak) == 0.0:
+        if not torch.isfinite(peak):
+            raise ValueError('the APH importance is not finite: the task loss or model '
+                             'produces NaN/Inf under the perturbation.')
+        return torch.ones_like(h, dtype=dtype)
+    h = h / peak
+    return (h / h.pow(2).mean().sqrt()).to(dtype)
 
 
 def aph_stats(h: Tensor) -> Dict[str, float]:
