@@ -25,8 +25,8 @@ DETECTORS = dict(
          'checkpoints/demo/mask-rcnn_vit-demo_shapes.pth'))
 # Short CPU schedules of the APHQ stages (published: MR 1000+ steps, reconstruction 20,000
 # steps x 32 images per block).
-MR_DEMO = dict(iters=300, batch=1024, rows=8192, lr=1e-3)
-REC_DEMO = dict(iters=300, batch=4, lr=4e-5, round_lr=1e-2)
+MR_DEMO = dict(iters=100, batch=512, rows=4096, lr=1e-3, aph_images=8)
+REC_DEMO = dict(iters=100, batch=4, lr=4e-5, round_lr=1e-2, aph_images=8)
 UNIFORM = dict(softmax='uniform', gelu='uniform')
 METHODS = {
     'uniform-minmax': dict(UNIFORM, calibrator='minmax'),
@@ -46,6 +46,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument('--methods', nargs='+', default=list(METHODS), choices=METHODS)
     parser.add_argument('--reconstruct-bits', nargs='+', type=int, default=[3, 4],
                         help='bit widths the +rec methods run at (each costs minutes on a CPU)')
+    parser.add_argument('--reconstruct-detectors', nargs='+', default=['swin'],
+                        choices=DETECTORS, help='detectors the +rec methods run on')
     parser.add_argument('--num-images', type=int, default=32, help='calibration images')
     parser.add_argument('--out', default=osp.join(ROOT, 'benchmarks/results/accuracy'))
     parser.add_argument('--force', action='store_true', help='rerun rows that have results')
@@ -163,7 +165,7 @@ def main() -> None:
     rows = []
     jobs = [(d, None, 'float') for d in args.detectors]
     jobs += [(d, b, m) for d in args.detectors for b in args.bits for m in args.methods
-             if 'rec' not in m or b in args.reconstruct_bits]
+             if 'rec' not in m or (b in args.reconstruct_bits and d in args.reconstruct_detectors)]
     for k, (det, bits, method) in enumerate(jobs):
         cfg_file, ckpt = DETECTORS[det]
         if not osp.isfile(osp.join(ROOT, ckpt)):

@@ -137,7 +137,8 @@ def mlp_reconstruction(model: nn.Module, backbone: nn.Module, forward: Callable,
     with torch.no_grad():
         reference = [_flat_outputs(forward(img)) for img in images[:2]]
     samples = _capture_mlp_inputs(mlps, forward, images, opts.rows, generator)
-    hs = aph_importance(forward, task_loss, images, [m.module for m in mlps], eps, model)
+    hs = aph_importance(forward, task_loss, images[:opts.aph_images], [m.module for m in mlps],
+                        eps, model)
     for m in mlps:
         m.set_act(nn.ReLU())
     reports = []

@@ -31,8 +31,9 @@ def reconstruct_units(model: nn.Module, units: List[Unit], images: ActivationSto
     start = time.perf_counter()
     todo = [i for i, u in enumerate(units) if i >= done and reconstructable(u)]
     t0 = time.perf_counter()
-    maps = aph_importance(forward, task_loss, [item[0] for item in images],
-                          [units[i].module for i in todo], eps, model)
+    batches = [images[k][0] for k in range(min(len(images), opts.aph_images or len(images)))]
+    maps = aph_importance(forward, task_loss, batches, [units[i].module for i in todo], eps,
+                          model)
     hs = dict(zip(todo, maps))
     aph_seconds = time.perf_counter() - t0
     if logger is not None:

@@ -21,6 +21,8 @@ class MROptions:
             detection; 0.99 at 3 bits and 0.98 at 4 in classification).
         clamp_weight: Weight of the clamped term (published: 2).
         eps: APH perturbation (``None``: 1e-3 for detectors, 1e-6 for classifiers).
+        aph_images: Calibration batches the APH importance is averaged over (``None``: all;
+            fewer saves two model passes per MLP per batch).
     """
     iters: int = 1000
     batch: int = 1024
@@ -29,6 +31,7 @@ class MROptions:
     percentile: float = 0.999
     clamp_weight: float = 2.0
     eps: Optional[float] = None
+    aph_images: Optional[int] = None
 
 
 @dataclass
@@ -46,6 +49,7 @@ class ReconstructOptions:
         warmup: Fraction of steps before the regulariser starts.
         drop_prob: QDrop: probability that an activation quantizer passes its float input.
         eps: APH perturbation (``None``: 1e-3 for detectors, 1e-6 for classifiers).
+        aph_images: Calibration batches the APH importance is averaged over (``None``: all).
     """
     iters: int = 20000
     batch: int = 32
@@ -56,6 +60,7 @@ class ReconstructOptions:
     warmup: float = 0.2
     drop_prob: float = 0.5
     eps: Optional[float] = None
+    aph_images: Optional[int] = None
 
 
 def build_options(cls, cfg: Optional[dict], key: str):
@@ -68,7 +73,10 @@ def build_options(cls, cfg: Optional[dict], key: str):
     opts = cls(**cfg)
     for f in fields(cls):
         v = getattr(opts, f.name)
-        if f.name in ('iters', 'batch', 'rows') and (not isinstance(v, int) or v < 1):
+        if f.name == 'aph_images' and v is None:
+            continue
+        if f.name in ('iters', 'batch', 'rows', 'aph_images') and (
+                not isinstance(v, int) or v < 1):
             raise ValueError(f'quant_cfg.{key}.{f.name}={v!r} must be a positive integer.')
         if f.name in ('lr', 'round_lr') and not v > 0:
             raise ValueError(f'quant_cfg.{key}.{f.name}={v!r} must be positive.')
