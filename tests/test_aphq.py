@@ -217,3 +217,17 @@ def test_rms_normalise_survives_huge_importances():
     torch.testing.assert_close(out / out.max(), h / h.max())
     with pytest.raises(ValueError, match='not finite'):
         rms_normalise(torch.tensor([1.0, float('nan')]).nan_to_num(nan=float('inf')))
+
+
+def test_reconstruction_streams_from_disk_with_the_same_result(vit, tmp_path):
+    """With a zero memory budget every block input (quantized and float chains, float
+    outputs) is spilled to disk and read back per step: same state as in memory."""
+    cfg = _w3a3(stages=['calibrate', 'reconstruct'], reconstruct=dict(REC, iters=10))
+    images = _images(3)
+    in_memory, on_disk = copy.deepcopy(vit), copy.deepcopy(vit)
+    mmq.quantize(in_memory, images, cfg)
+    mmq.quantize(on_disk, images, cfg, activation_budget_bytes=0,
+                 spill_dir=str(tmp_path / 'spill'))
+    a, b = in_memory.state_dict(), on_disk.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not list((tmp_path / 'spill').iterdir())  # spilled files are removed afterwards

@@ -91,15 +91,16 @@ def _clutter(rng: np.random.Generator, img: np.ndarray, count: int) -> None:
                         float(rng.uniform(60, 200)), colour, int(rng.integers(1, 3)))
 
 
-def _image(rng: np.random.Generator, h: int, w: int,
-           max_objects: int) -> Tuple[np.ndarray, List[np.ndarray], List[int]]:
+def _image(rng: np.random.Generator, h: int, w: int, max_objects: int,
+           radius_range: Tuple[float, float]) -> Tuple[np.ndarray, List[np.ndarray], List[int]]:
     img = _background(rng, h, w)
     _clutter(rng, img, int(rng.integers(0, 6)))
     masks: List[np.ndarray] = []
     labels: List[int] = []
     for _ in range(int(rng.integers(1, max_objects + 1))):
         label = int(rng.integers(len(CATEGORIES)))
-        r = float(np.exp(rng.uniform(np.log(0.04), np.log(0.28))) * min(h, w))
+        lo, hi = radius_range
+        r = float(np.exp(rng.uniform(np.log(lo), np.log(hi))) * min(h, w))
         cx, cy = rng.uniform(r * 0.5, w - r * 0.5), rng.uniform(r * 0.5, h - r * 0.5)
         aspect = float(rng.uniform(0.8, 1.25))
         poly = _polygon(CATEGORIES[label], cx, cy, r, float(rng.uniform(0, 2 * np.pi)), aspect)
@@ -142,11 +143,15 @@ def generate_shapes_coco(out_dir: str,
                          height: int = 256,
                          width: int = 320,
                          max_objects: int = 6,
-                         seed: int = 0) -> Dict[str, str]:
+                         seed: int = 0,
+                         radius_range: Tuple[float, float] = (0.04, 0.28)) -> Dict[str, str]:
     """Write ``out_dir/{train,val}/*.png`` and ``out_dir/annotations/instances_{split}.json``.
 
+    ``radius_range``: shape radii as fractions of the image's shorter side (log-uniform).
     Returns the annotation file of each split. Same arguments, same bytes.
     """
+    if not 0 < radius_range[0] <= radius_range[1] <= 0.5:
+        raise ValueError(f'radius_range={radius_range} must satisfy 0 < lo <= hi <= 0.5.')
     if num_train < 0 or num_val < 0 or height < 32 or width < 32 or max_objects < 1:
         raise ValueError(f'need num_train, num_val >= 0, max_objects >= 1 and an image of at '
                          f'least 32x32, got {num_train}, {num_val}, {max_objects}, '
@@ -159,7 +164,7 @@ def generate_shapes_coco(out_dir: str,
         os.makedirs(osp.join(out_dir, split), exist_ok=True)
         images, anns = [], []
         for i in range(count):
-            img, masks, labels = _image(rng, height, width, max_objects)
+            img, masks, labels = _image(rng, height, width, max_objects, radius_range)
             name = f'{i:06d}.png'
             cv2.imwrite(osp.join(out_dir, split, name), img)
             images.append(dict(id=i + 1, file_name=name, height=height, width=width))

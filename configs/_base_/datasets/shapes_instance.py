@@ -3,7 +3,7 @@ _base_ = ['mmdet::_base_/datasets/coco_instance.py']
 
 data_root = 'data/shapes/'
 metainfo = dict(classes=('circle', 'triangle', 'square', 'star', 'hexagon'))
-img_scale = (320, 256)
+img_scale = (160, 128)
 
 train_pipeline = [
     dict(type='LoadImageFromFile', backend_args=None),

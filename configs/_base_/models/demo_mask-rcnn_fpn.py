@@ -11,5 +11,6 @@ model = dict(
         mask_roi_extractor=dict(out_channels=channels),
         mask_head=dict(num_convs=2, in_channels=channels, conv_out_channels=channels,
                        num_classes=5)),
-    train_cfg=dict(rcnn=dict(sampler=dict(num=128))),
+    train_cfg=dict(
+        rpn_proposal=dict(nms_pre=1000, max_per_img=300), rcnn=dict(sampler=dict(num=64))),
     test_cfg=dict(rpn=dict(nms_pre=500, max_per_img=300), rcnn=dict(max_per_img=50)))
