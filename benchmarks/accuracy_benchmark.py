@@ -44,8 +44,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument('--detectors', nargs='+', default=list(DETECTORS), choices=DETECTORS)
     parser.add_argument('--bits', nargs='+', type=int, default=[3, 4, 6], choices=[3, 4, 6])
     parser.add_argument('--methods', nargs='+', default=list(METHODS), choices=METHODS)
-    parser.add_argument('--reconstruct-bits', nargs='+', type=int, default=[3, 4],
-                        help='bit widths the +rec methods run at (each costs minutes on a CPU)')
+    parser.add_argument('--stage-bits', nargs='+', type=int, default=[3, 4],
+                        help='bit widths the +mr / +rec methods run at (minutes each on a CPU)')
     parser.add_argument('--reconstruct-detectors', nargs='+', default=['swin'],
                         choices=DETECTORS, help='detectors the +rec methods run on')
     parser.add_argument('--num-images', type=int, default=32, help='calibration images')
@@ -165,7 +165,8 @@ def main() -> None:
     rows = []
     jobs = [(d, None, 'float') for d in args.detectors]
     jobs += [(d, b, m) for d in args.detectors for b in args.bits for m in args.methods
-             if 'rec' not in m or (b in args.reconstruct_bits and d in args.reconstruct_detectors)]
+             if '+' not in m or (b in args.stage_bits and ('rec' not in m
+                                                           or d in args.reconstruct_detectors))]
     for k, (det, bits, method) in enumerate(jobs):
         cfg_file, ckpt = DETECTORS[det]
         if not osp.isfile(osp.join(ROOT, ckpt)):
