@@ -27,5 +27,6 @@ data: install
 benchmark-quantizers: install
 	$(PYTHON) benchmarks/quantizer_benchmark.py
 
+# The README's accuracy table (the Swin demo detector; add `--detectors swin vit` for both).
 benchmark-accuracy: install data
-	$(PYTHON) benchmarks/accuracy_benchmark.py
+	$(PYTHON) benchmarks/accuracy_benchmark.py --detectors swin

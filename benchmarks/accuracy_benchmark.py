@@ -6,7 +6,9 @@ at W3A3 / W4A4 / W6A6, with calibration time and peak memory per row.
 
 Every row is one ``tools/quantize.py`` run (``tools/test.py`` for float) in its own process
 and work dir, so peak memory is per row; a row whose ``metrics.json`` exists for the same
-config is not run again (an interrupted benchmark continues where it stopped). Writes
+config is not run again (an interrupted benchmark continues where it stopped). A ``+rec``
+row starts from the ``stage_calibrate.pth`` of the same row without ``+rec`` (the same
+calibration and MR), so its time is the reconstruction stage alone. Writes
 ``accuracy.json``, ``accuracy.md`` and ``accuracy.png`` to ``--out``.
 """
 import argparse
@@ -26,7 +28,7 @@ DETECTORS = dict(
 # Short CPU schedules of the APHQ stages (published: MR 1000+ steps, reconstruction 20,000
 # steps x 32 images per block).
 MR_DEMO = dict(iters=100, batch=512, rows=4096, lr=1e-3, aph_images=8)
-REC_DEMO = dict(iters=100, batch=4, lr=4e-5, round_lr=1e-2, aph_images=8)
+REC_DEMO = dict(iters=50, batch=2, lr=4e-5, round_lr=1e-2, aph_images=8)
 UNIFORM = dict(softmax='uniform', gelu='uniform')
 METHODS = {
     'uniform-minmax': dict(UNIFORM, calibrator='minmax'),
@@ -183,6 +185,12 @@ def main() -> None:
             _row_config(row_cfg, cfg_file, bits, method)
             cmd = [py, 'tools/quantize.py', row_cfg, ckpt, '--work-dir', work_dir,
                    '--num-images', str(args.num_images)]
+            if method.endswith('+rec'):
+                # Same calibration as the row without '+rec': start from its saved stage.
+                base = osp.join(args.out, det, f'w{bits}a{bits}_{method[:-4]}',
+                                'stage_calibrate.pth')
+                if osp.isfile(base):
+                    cmd += ['--resume-from', base]
         row = _row(det, bits, method, _run(cmd, work_dir, label, args.force))
         print(f"{label}: box AP {row['bbox_mAP']:.3f}, mask AP {row['segm_mAP']:.3f}",
               flush=True)

@@ -174,6 +174,7 @@ def test_stages_through_the_hook_save_stage_results_and_restart_from_one(shapes_
     quant = dict(FAST_QUANT, stages=['mr', 'calibrate', 'reconstruct'],
                  mr=dict(iters=5, batch=256, rows=256),
                  reconstruct=dict(iters=3, batch=2))
+
     def narrow(cfg):  # a 1-block-per-stage Swin keeps the test in the CI budget
         cfg.model.backbone.update(embed_dims=32, depths=[1, 1, 1, 1], num_heads=[1, 2, 4, 8])
         cfg.model.neck.in_channels = [32, 64, 128, 256]
