@@ -152,7 +152,8 @@ def _plot(rows: list, path: str) -> None:
             ax.set_title(f'{det}: {key}')
             ax.set_xlabel('bits (W = A)')
             ax.set_xticks([3, 4, 6])
-            ax.set_ylim(0, 1)
+            top = max([r[key] for r in rows if r['detector'] == det] + [0.01])
+            ax.set_ylim(0, top * 1.15)
             ax.grid(alpha=0.3)
             if i == 0 and j == 0:
                 ax.legend(fontsize=8)
