@@ -14,10 +14,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from mmq.models.transform import set_quant_enabled
-
-
-def _first_tensor(out):
-    return out if torch.is_tensor(out) else next(x for x in out if torch.is_tensor(x))
+from .units import first_tensor
 
 
 def _add_to_output(out, delta: Tensor):
@@ -140,7 +137,7 @@ def aph_importance(forward: Callable[[Tensor], object], task_loss: Callable, ima
                     holder = {}
 
                     def hook(mod, args, out, sign=sign, holder=holder):
-                        t = _first_tensor(out)
+                        t = first_tensor(out)
                         delta = torch.zeros_like(t, requires_grad=True)
                         holder['delta'] = delta
                         return _add_to_output(out, delta + sign * eps)

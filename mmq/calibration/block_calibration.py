@@ -18,13 +18,9 @@ from mmq.quantizers.layer_schedule import solve
 from mmq.quantizers.objectives import sqnr_db
 from mmq.quantizers.validation import check_finite
 from .activation_store import ActivationStore
-from .units import Unit
+from .units import Unit, first_tensor
 
 SQNR_ITEMS = 4  # calibration items the per-unit output SQNR is measured on
-
-
-def _first_tensor(state) -> torch.Tensor:
-    return next(x for x in state if torch.is_tensor(x))
 
 
 def _quantizer_params(layer: nn.Module) -> Dict[str, dict]:
@@ -162,7 +158,7 @@ def calibrate_unit(unit: Unit, store: ActivationStore, qcfg: QuantConfig,
             set_quant_enabled(unit.module, False)
             ref = unit.run(item)
             set_quant_enabled(unit.module, True)
-            sqnrs.append(sqnr_db(_first_tensor(ref), _first_tensor(out)))
+            sqnrs.append(sqnr_db(first_tensor(ref), first_tensor(out)))
         next_store.append(out)
     passes += 1
     report = dict(stage='calibrate', unit=unit.name, index=index,
@@ -170,6 +166,20 @@ def calibrate_unit(unit: Unit, store: ActivationStore, qcfg: QuantConfig,
                   output_sqnr_db=sum(sqnrs) / max(1, len(sqnrs)),
                   layers=layer_reports, spilled_items=next_store.spilled)
     return report, next_store
+
+
+def chain_outputs(unit: Unit, store: ActivationStore, quant: bool) -> ActivationStore:
+    """The unit's outputs on every item of ``store`` (quantized or float mode)."""
+    out = store.sibling()
+    if not quant:
+        set_quant_enabled(unit.module, False)
+    try:
+        with torch.no_grad():
+            for item in store:
+                out.append(unit.run(item))
+    finally:
+        set_quant_enabled(unit.module, True)
+    return out
 
 
 def calibrate_units(units: List[Unit], store: ActivationStore, qcfg: QuantConfig,
@@ -184,9 +194,7 @@ def calibrate_units(units: List[Unit], store: ActivationStore, qcfg: QuantConfig
     first = store  # the caller's store (the images) stays open for later stages
     for i, unit in enumerate(units):
         if i < done:
-            next_store = store.sibling()
-            for item in store:
-                next_store.append(unit.run(item))
+            next_store = chain_outputs(unit, store, quant=True)
         else:
             report, next_store = calibrate_unit(unit, store, qcfg, names, i)
         if store is not first:

@@ -15,18 +15,14 @@ from torch import Tensor, nn
 from mmq.models.aphq_options import ReconstructOptions
 from mmq.models.quant_conv import QuantConv2d
 from mmq.models.quant_linear import QuantLinear
-from mmq.models.transform import quantizers, set_quant_enabled
+from mmq.models.transform import quantizers
 from mmq.quantizers.base_quantizer import BaseQuantizer
 from mmq.quantizers.uniform_quantizer import UniformQuantizer
 from .activation_store import ActivationStore
-from .units import Unit
+from .units import Unit, first_tensor
 
 ZETA, GAMMA = 1.1, -0.1
 EVAL_ITEMS = 8  # calibration items the before / after block loss is measured on
-
-
-def _first(state) -> Tensor:
-    return next(x for x in state if torch.is_tensor(x))
 
 
 class AdaRoundQuantizer(nn.Module):
@@ -69,7 +65,7 @@ def _stack(states: List[tuple]) -> List[tuple]:
     """Group states of equal shapes and concatenate each group along the batch axis."""
     groups: Dict[tuple, List[tuple]] = {}
     for s in states:
-        groups.setdefault(tuple(_first(s).shape[1:]), []).append(s)
+        groups.setdefault(tuple(first_tensor(s).shape[1:]), []).append(s)
     out = []
     for group in groups.values():
         out.append(tuple(
@@ -112,8 +108,10 @@ def _eval_loss(unit: Unit, q_store: ActivationStore, out_store: ActivationStore,
                h: Tensor) -> float:
     n = min(EVAL_ITEMS, len(q_store))
     with torch.no_grad():
-        losses = [float(_weighted_loss(_first(unit.run(q_store[i])), _first(out_store[i]), h))
-                  for i in range(n)]
+        losses = [
+            float(_weighted_loss(first_tensor(unit.run(q_store[i])), first_tensor(out_store[i]),
+                                 h)) for i in range(n)
+        ]
     return sum(losses) / max(1, n)
 
 
@@ -161,13 +159,13 @@ def reconstruct_unit(unit: Unit, q_store: ActivationStore, fp_store: ActivationS
     module = unit.module
     saved = {k: v.detach().clone() for k, v in module.state_dict().items()}
     was_training = module.training
-    module.eval()  # no dropout / drop path
+    module.eval()  # no dropout / drop path; deployed (table) quantizer paths
+    before = _eval_loss(unit, q_store, out_store, h)
     for q in quantizers(module):
-        q.train()  # differentiable (exact STE) quantizer paths
+        q.train()  # differentiable (exact STE) quantizer paths while training
     frozen = [p for p in module.parameters() if p.requires_grad]
     for p in frozen:
         p.requires_grad_(False)
-    before = _eval_loss(unit, q_store, out_store, h)
     rounders = {}
     for layer in layers:
         rounders[id(layer)] = (layer, layer.weight_quantizer,
@@ -190,17 +188,17 @@ def reconstruct_unit(unit: Unit, q_store: ActivationStore, fp_store: ActivationS
                 inputs = []
                 for i in idx:
                     xq, xf = q_store[i], fp_store[i]
-                    t_q, t_f = _first(xq), _first(xf)
+                    t_q, t_f = first_tensor(xq), first_tensor(xf)
                     mask = torch.rand(t_q.shape, generator=generator) < opts.drop_prob
                     mixed = torch.where(mask, t_f, t_q)
                     inputs.append(tuple(mixed if x is t_q else x for x in xq) +
-                                  (_first(out_store[i]), ))
+                                  (first_tensor(out_store[i]), ))
                 beta = _beta(it, opts)
                 optimizer.zero_grad(set_to_none=True)
                 total = 0.0
                 for group in _stack(inputs):
                     state, target = group[:-1], group[-1]
-                    out = _first(unit.run(state))
+                    out = first_tensor(unit.run(state))
                     loss = _weighted_loss(out, target, h) * target.shape[0] / len(idx)
                     total = total + loss
                 if beta > 0:
@@ -221,30 +219,12 @@ def reconstruct_unit(unit: Unit, q_store: ActivationStore, fp_store: ActivationS
         _freeze_scales(act_qs)
         for p in frozen:
             p.requires_grad_(True)
-        module.train(was_training)
-    module.eval()
+        module.eval()  # measured as `before` was
     after = _eval_loss(unit, q_store, out_store, h)
     kept = after <= before
     if not kept:
         module.load_state_dict(saved)
-        after_final = before
-    else:
-        after_final = after
     module.train(was_training)
     return dict(unit=unit.name, seconds=time.perf_counter() - start, loss_before=before,
-                loss_after=after_final, loss_trained=after, reverted=not kept,
+                loss_after=after if kept else before, loss_trained=after, reverted=not kept,
                 layers=len(layers), learned_scales=len(scales))
-
-
-def chain_outputs(unit: Unit, store: ActivationStore, quant: bool) -> ActivationStore:
-    """The unit's outputs on every item of ``store`` (quantized or float mode)."""
-    out = store.sibling()
-    if not quant:
-        set_quant_enabled(unit.module, False)
-    try:
-        with torch.no_grad():
-            for item in store:
-                out.append(unit.run(item))
-    finally:
-        set_quant_enabled(unit.module, True)
-    return out

@@ -9,8 +9,9 @@ from torch import nn
 from mmq.models.aphq_options import ReconstructOptions
 from .activation_store import ActivationStore
 from .aph import aph_importance, aph_stats, rms_normalise
-from .block_reconstruction import chain_outputs, reconstruct_unit
-from .units import Unit
+from .block_calibration import chain_outputs
+from .block_reconstruction import reconstruct_unit
+from .units import Unit, first_tensor
 
 
 def reconstructable(unit: Unit) -> bool:
@@ -44,7 +45,7 @@ def reconstruct_units(model: nn.Module, units: List[Unit], images: ActivationSto
         fp_out = chain_outputs(unit, fp_store, quant=False)
         if i in hs:
             h = hs[i]
-            out_shape = next(x for x in fp_out[0] if torch.is_tensor(x)).shape[1:]
+            out_shape = first_tensor(fp_out[0]).shape[1:]
             if h.dim() > 1 and h.shape != out_shape:
                 # The module's output is not the unit's (e.g. a class token added after the
                 # patch embedding): keep the channel structure only.

@@ -8,13 +8,19 @@ instead of re-running the whole model for every layer.
 from dataclasses import dataclass
 from typing import Callable, List
 
+import torch
 from mmdet.models.backbones import SwinTransformer
 from timm.models.vision_transformer import VisionTransformer
-from torch import nn
+from torch import Tensor, nn
 
 from mmq.models.backbones.vit_det import TimmViTDet
 
 State = tuple
+
+
+def first_tensor(state) -> Tensor:
+    """The first tensor of a unit state (or a module output); a tensor is its own."""
+    return state if torch.is_tensor(state) else next(x for x in state if torch.is_tensor(x))
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """``QuantCalibrationHook``: quantize and calibrate the model before the Runner tests it."""
-import json
 import os
 import os.path as osp
+import shutil
 from typing import Optional
 
 import torch
@@ -16,6 +16,7 @@ from mmq.calibration import (load_partial_state, load_quantized_state, quantize,
 from mmq.calibration.quantize import prepare
 from mmq.models.quant_config import QuantConfig
 from mmq.registry import HOOKS
+from mmq.utils import write_json
 
 STATE_FILE = 'quantized_state.pth'
 PARTIAL_FILE = 'quantized_state.partial.pth'
@@ -168,7 +169,7 @@ class QuantCalibrationHook(Hook):
 
         def on_unit_done(unit_report: dict) -> None:  # finished work survives a crash
             done_units.append(unit_report)
-            _write_json(report_path, dict(status='running', units=done_units))
+            write_json(report_path, dict(status='running', units=done_units))
             stage = unit_report.get('stage', 'calibrate')
             if stage != 'mr' and unit_report['index'] >= 0:  # a backbone unit: checkpoint
                 save_partial_state(model, partial_path, qcfg, unit_report['index'] + 1,
@@ -178,11 +179,12 @@ class QuantCalibrationHook(Hook):
             stages_done[:] = finished
             rest = [s for s in qcfg.stages if s not in finished]
             nxt = rest[0] if rest else None
-            save_partial_state(model, osp.join(work_dir, f'stage_{stage}.pth'), qcfg, 0,
-                               done_units, nxt, finished)
-            save_partial_state(model, partial_path, qcfg, 0, done_units, nxt, finished)
+            stage_path = osp.join(work_dir, f'stage_{stage}.pth')
+            save_partial_state(model, stage_path, qcfg, 0, done_units, nxt, finished)
+            shutil.copyfile(stage_path, partial_path + '.tmp')  # the same state: no re-save
+            os.replace(partial_path + '.tmp', partial_path)
             runner.logger.info(f"[mmq] stage {stage} done in {stage_report['seconds']:.1f} s; "
-                               f'saved {osp.join(work_dir, f"stage_{stage}.pth")}')
+                               f'saved {stage_path}')
 
         report = quantize(model, loader, qcfg, runner.logger,
                           int(self.activation_budget_gb * 1024**3),
@@ -192,7 +194,7 @@ class QuantCalibrationHook(Hook):
             loader.dataset.dataset.get_data_info(i)['img_path'] for i in loader.dataset.indices
         ]
         save_quantized_state(model, state_path, qcfg)
-        _write_json(report_path, report)
+        write_json(report_path, report)
         if osp.exists(partial_path):
             os.remove(partial_path)
         return report
@@ -218,10 +220,3 @@ def check_checkpoint_matches(model, path: str) -> None:
         raise ValueError(f'checkpoint {path!r} does not match the config\'s model: '
                          f'{len(missing)} backbone keys missing (e.g. {missing[:3]}), '
                          f'{len(shapes)} shape mismatches (e.g. {shapes[:3]}).{hint}')
-
-
-def _write_json(path: str, obj: dict) -> None:
-    tmp = path + '.tmp'
-    with open(tmp, 'w') as f:
-        json.dump(obj, f, indent=1)
-    os.replace(tmp, path)
