@@ -80,6 +80,31 @@ def test_vitdet_rejects_unpadded_input():
         TimmViTDet(img_size=64, embed_dims=32, depth=1, num_heads=2)(torch.randn(1, 3, 60, 64))
 
 
+def test_vitdet_conv_stem_quantizes_all_but_the_pixel_input():
+    torch.manual_seed(0)
+    kwargs = dict(img_size=64, patch_size=8, embed_dims=32, depth=1, num_heads=2,
+                  out_channels=16, stem_channels=(8, 16, 32))
+    float_model = TimmViTDet(**kwargs).eval()
+    img = torch.randn(2, 3, 64, 96)
+    with torch.no_grad():
+        feats = float_model(img)
+    assert [tuple(f.shape[-2:]) for f in feats] == [(32, 48), (16, 24), (8, 12), (4, 6)]
+    model = QuantTimmViTDet(quant_cfg=dict(w_bits=4, a_bits=4), **kwargs).eval()
+    assert not model.load_state_dict(float_model.state_dict(), strict=False).unexpected_keys
+    stem_convs = [m for m in model.vit.patch_embed.modules()
+                  if type(m).__name__ == 'QuantConv2d']
+    assert len(stem_convs) == 4  # 3 stem convs + the 1x1 projection
+    assert stem_convs[0].input_quantizer is None  # the pixels stay float
+    assert all(c.input_quantizer is not None for c in stem_convs[1:])
+    report = mmq.quantize(model, [img[:1], img[1:]], FAST_QUANT)
+    assert report['units'][0]['unit'] == 'vit.patch_embed'
+    with torch.no_grad():
+        quant_feats = model(img)
+    assert all(torch.isfinite(f).all() for f in quant_feats)
+    with pytest.raises(ValueError, match='stride 4, but patch_size=8'):
+        TimmViTDet(**dict(kwargs, stem_channels=(8, 16)))
+
+
 def test_spilled_calibration_matches_in_memory(vit):
     in_memory, spilled = copy.deepcopy(vit), copy.deepcopy(vit)
     images = _images(3)

@@ -3,14 +3,14 @@
 Placement (``methods.md`` 1-4): weights per output channel; Linear / Conv inputs per tensor;
 q, k and v per head; the post-Softmax matrix by ``qcfg.softmax`` (AdaLog by default); the
 post-GELU fc2 input by ``qcfg.gelu`` (shifted AdaLog by default); a post-ReLU fc2 input (after
-MR) uniform with zero point 0; the patch-embedding input
+MR) uniform with zero point 0; the patch-embedding input (the first conv of a conv stem)
 stays float; ConvTranspose2d, LayerNorm, Softmax and GELU stay float.
 """
 from typing import Dict, Iterable
 
 from mmcv.cnn.bricks.transformer import FFN, PatchEmbed
 from mmdet.models.backbones.swin import ShiftWindowMSA, WindowMSA
-from timm.layers import Attention, Mlp
+from timm.layers import Attention, HybridEmbed, Mlp
 from timm.layers import PatchEmbed as TimmPatchEmbed
 from torch import nn
 
@@ -44,6 +44,10 @@ def _input_roles(model: nn.Module) -> Dict[int, str]:
             roles[id(module.projection)] = 'image'
         elif isinstance(module, TimmPatchEmbed):
             roles[id(module.proj)] = 'image'
+        elif isinstance(module, HybridEmbed):  # a conv stem: its first conv sees the pixels
+            first = next((m for m in module.backbone.modules() if isinstance(m, nn.Conv2d)),
+                         module.proj)
+            roles[id(first)] = 'image'
     return roles
 
 

@@ -1,13 +1,25 @@
 """A plain ViT backbone for mmdet: timm's ``VisionTransformer`` with a ViTDet-style simple
-feature pyramid (strides 4, 8, 16, 32 from the stride-16 token map)."""
+feature pyramid (strides 4, 8, 16, 32 from the stride-16 token map), optionally embedding
+patches with a small convolutional stem (timm ``HybridEmbed``) instead of one strided conv."""
+from functools import partial
 from typing import Optional, Sequence, Tuple
 
 from mmengine.model import BaseModule
-from timm.layers import LayerNorm2d
+from timm.layers import HybridEmbed, LayerNorm2d
 from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor, nn
 
 from mmq.registry import MODELS
+
+
+def conv_stem(channels: Sequence[int]) -> nn.Sequential:
+    """Stride-2 3x3 conv + BatchNorm + ReLU per entry of ``channels`` (an "early convolutions"
+    stem: total stride ``2 ** len(channels)``)."""
+    layers, c_in = [], 3
+    for c in channels:
+        layers += [nn.Conv2d(c_in, c, 3, 2, 1, bias=False), nn.BatchNorm2d(c), nn.ReLU(inplace=True)]
+        c_in = c
+    return nn.Sequential(*layers)
 
 
 def _level(dims: int, scale: float, out_channels: int) -> nn.Sequential:
@@ -47,6 +59,10 @@ class TimmViTDet(BaseModule):
         out_channels (int): Channels of every pyramid level.
         scales (Sequence[float]): Pyramid scales relative to the token map.
         init_values (float, optional): LayerScale init (``None``: no LayerScale).
+        stem_channels (Sequence[int], optional): Widths of a convolutional stem
+            (:func:`conv_stem`) that replaces the patch projection; its stride
+            ``2 ** len(stem_channels)`` must equal ``patch_size``. ``None``: timm's strided
+            patch conv.
         drop_path_rate (float): Stochastic depth.
         init_cfg (dict, optional): mmengine init config.
     """
@@ -61,15 +77,26 @@ class TimmViTDet(BaseModule):
                  out_channels: int = 256,
                  scales: Sequence[float] = (4.0, 2.0, 1.0, 0.5),
                  init_values: Optional[float] = None,
+                 stem_channels: Optional[Sequence[int]] = None,
                  drop_path_rate: float = 0.0,
                  init_cfg: Optional[dict] = None) -> None:
         super().__init__(init_cfg)
         self.patch_size = patch_size
+        embed = {}
+        if stem_channels:
+            if 2**len(stem_channels) != patch_size:
+                raise ValueError(f'stem_channels={tuple(stem_channels)} gives stride '
+                                 f'{2**len(stem_channels)}, but patch_size={patch_size}: use '
+                                 f'{patch_size.bit_length() - 1} stem convs or patch_size='
+                                 f'{2**len(stem_channels)}.')
+            embed = dict(embed_layer=partial(HybridEmbed, backbone=conv_stem(stem_channels)),
+                         patch_size=1)
         self.vit = VisionTransformer(
-            img_size=img_size, patch_size=patch_size, embed_dim=embed_dims, depth=depth,
+            img_size=img_size, patch_size=embed.pop('patch_size', patch_size),
+            embed_dim=embed_dims, depth=depth,
             num_heads=num_heads, mlp_ratio=mlp_ratio, qkv_bias=True, num_classes=0,
             global_pool='', class_token=False, dynamic_img_size=True, init_values=init_values,
-            drop_path_rate=drop_path_rate)
+            drop_path_rate=drop_path_rate, **embed)
         self.pyramid = nn.ModuleList(_level(embed_dims, s, out_channels) for s in scales)
 
     def embed(self, img: Tensor) -> Tuple[Tensor, Tuple[int, int]]:
