@@ -105,6 +105,37 @@ def test_vitdet_conv_stem_quantizes_all_but_the_pixel_input():
         TimmViTDet(**dict(kwargs, stem_channels=(8, 16)))
 
 
+def test_window_attention_is_local_and_calibrates():
+    from mmq.models.backbones.vit_det import window_block
+    tokens = torch.randn(2, 6 * 7, 5)  # a 6x7 grid: padded to whole 4x4 windows, cropped back
+    assert torch.equal(window_block(torch.nn.Identity(), tokens, (6, 7), 4), tokens)
+    torch.manual_seed(0)
+    kwargs = dict(img_size=64, patch_size=8, embed_dims=32, depth=2, num_heads=2,
+                  out_channels=16, window_size=4, global_blocks=(1, ))
+    model = TimmViTDet(**kwargs).eval()
+    x = torch.randn(1, 8 * 12, 32)
+    moved = x.clone()
+    moved[0, 0] += torch.randn(32)  # a token of the top-left window (not a constant: LN)
+    with torch.no_grad():
+        diff = (model.run_block(0, x, (8, 12)) - model.run_block(0, moved, (8, 12))).abs()
+        global_diff = (model.run_block(1, x, (8, 12)) - model.run_block(1, moved, (8, 12))).abs()
+    changed = diff.sum(-1).reshape(8, 12) > 0
+    assert changed[:4, :4].all() and not changed[4:].any() and not changed[:, 4:].any()
+    assert (global_diff.sum(-1) > 0).all()
+    with pytest.raises(ValueError, match='global_blocks'):
+        TimmViTDet(**dict(kwargs, global_blocks=(2, )))
+    quant = QuantTimmViTDet(quant_cfg=dict(w_bits=4, a_bits=4), **kwargs).eval()
+    quant.load_state_dict(model.state_dict(), strict=False)
+    imgs = [torch.randn(1, 3, 64, 96), torch.randn(1, 3, 64, 96)]
+    mmq.quantize(quant, imgs, FAST_QUANT)
+    with torch.no_grad():
+        set_quant_enabled(quant, False)
+        floated = quant(imgs[0])
+        ref = model(imgs[0])
+    for a, b in zip(floated, ref):  # the unit chain runs the same windowed blocks
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-4)
+
+
 def test_spilled_calibration_matches_in_memory(vit):
     in_memory, spilled = copy.deepcopy(vit), copy.deepcopy(vit)
     images = _images(3)

@@ -77,7 +77,8 @@ def vitdet_units(backbone: TimmViTDet) -> List[Unit]:
     units = [Unit('vit.patch_embed', backbone.vit.patch_embed,
                   lambda s: backbone.embed(s[0]))]
     for i, block in enumerate(backbone.vit.blocks):
-        units.append(Unit(f'vit.blocks.{i}', block, lambda s, b=block: (b(s[0]), s[1])))
+        units.append(Unit(f'vit.blocks.{i}', block,
+                          lambda s, i=i: (backbone.run_block(i, s[0], s[1]), s[1])))
     units.append(Unit('pyramid', backbone.pyramid, lambda s: backbone.pyramid_forward(
         backbone.tokens_to_map(s[0], s[1]))))
     return units

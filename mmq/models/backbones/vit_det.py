@@ -8,6 +8,7 @@ from mmengine.model import BaseModule
 from timm.layers import HybridEmbed, LayerNorm2d
 from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor, nn
+from torch.nn import functional as F
 
 from mmq.registry import MODELS
 
@@ -20,6 +21,20 @@ def conv_stem(channels: Sequence[int]) -> nn.Sequential:
         layers += [nn.Conv2d(c_in, c, 3, 2, 1, bias=False), nn.BatchNorm2d(c), nn.ReLU(inplace=True)]
         c_in = c
     return nn.Sequential(*layers)
+
+
+def window_block(block: nn.Module, x: Tensor, hw: Tuple[int, int], window: int) -> Tensor:
+    """Run a timm ``Block`` on non-overlapping ``window x window`` token windows (ViTDet's
+    window attention; per-token parts are unchanged). ``x``: (B, H*W, C); the grid is
+    zero-padded to whole windows and cropped back."""
+    (h, w), (b, _, c) = hw, x.shape
+    ph, pw = -h % window, -w % window
+    x = F.pad(x.reshape(b, h, w, c), (0, 0, 0, pw, 0, ph))
+    hp, wp = h + ph, w + pw
+    x = x.reshape(b, hp // window, window, wp // window, window, c).transpose(2, 3)
+    x = block(x.reshape(-1, window * window, c))
+    x = x.reshape(b, hp // window, wp // window, window, window, c).transpose(2, 3)
+    return x.reshape(b, hp, wp, c)[:, :h, :w].reshape(b, h * w, c)
 
 
 def _level(dims: int, scale: float, out_channels: int) -> nn.Sequential:
@@ -35,10 +50,10 @@ def _level(dims: int, scale: float, out_channels: int) -> nn.Sequential:
         pre, dims = [nn.ConvTranspose2d(dims, dims // 2, 2, 2)], dims // 2
     elif scale == 1.0:
         pre = []
-    elif scale in (0.5, 0.25):
+    elif scale in (0.5, 0.25, 0.125):
         pre = [nn.MaxPool2d(int(1 / scale), int(1 / scale))]
     else:
-        raise ValueError(f'scale={scale} must be one of 4.0, 2.0, 1.0, 0.5, 0.25.')
+        raise ValueError(f'scale={scale} must be one of 4.0, 2.0, 1.0, 0.5, 0.25, 0.125.')
     return nn.Sequential(*pre, nn.Conv2d(dims, out_channels, 1, bias=False),
                          LayerNorm2d(out_channels),
                          nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False),
@@ -63,6 +78,9 @@ class TimmViTDet(BaseModule):
             (:func:`conv_stem`) that replaces the patch projection; its stride
             ``2 ** len(stem_channels)`` must equal ``patch_size``. ``None``: timm's strided
             patch conv.
+        window_size (int): ViTDet-style window attention in every block not listed in
+            ``global_blocks`` (``0``: global attention everywhere).
+        global_blocks (Sequence[int]): Blocks that attend globally when windowed.
         drop_path_rate (float): Stochastic depth.
         init_cfg (dict, optional): mmengine init config.
     """
@@ -78,10 +96,16 @@ class TimmViTDet(BaseModule):
                  scales: Sequence[float] = (4.0, 2.0, 1.0, 0.5),
                  init_values: Optional[float] = None,
                  stem_channels: Optional[Sequence[int]] = None,
+                 window_size: int = 0,
+                 global_blocks: Sequence[int] = (),
                  drop_path_rate: float = 0.0,
                  init_cfg: Optional[dict] = None) -> None:
         super().__init__(init_cfg)
         self.patch_size = patch_size
+        self.window_size = window_size
+        self.global_blocks = tuple(global_blocks)
+        if any(not 0 <= i < depth for i in self.global_blocks):
+            raise ValueError(f'global_blocks={self.global_blocks} must index the {depth} blocks.')
         embed = {}
         if stem_channels:
             if 2**len(stem_channels) != patch_size:
@@ -106,6 +130,13 @@ class TimmViTDet(BaseModule):
         x = vit.norm_pre(vit.patch_drop(vit._pos_embed(vit.patch_embed(img))))
         return x, hw
 
+    def run_block(self, index: int, x: Tensor, hw: Tuple[int, int]) -> Tensor:
+        """Block ``index`` on the tokens: windowed unless global (see ``window_size``)."""
+        block = self.vit.blocks[index]
+        if self.window_size and index not in self.global_blocks:
+            return window_block(block, x, hw, self.window_size)
+        return block(x)
+
     def tokens_to_map(self, x: Tensor, hw: Tuple[int, int]) -> Tensor:
         x = self.vit.norm(x)
         return x.transpose(1, 2).reshape(x.shape[0], x.shape[2], *hw)
@@ -119,7 +150,8 @@ class TimmViTDet(BaseModule):
                              f'size {self.patch_size}: pad it (data_preprocessor '
                              'pad_size_divisor=32).')
         x, hw = self.embed(img)
-        x = self.vit.blocks(x)
+        for i in range(len(self.vit.blocks)):
+            x = self.run_block(i, x, hw)
         return self.pyramid_forward(self.tokens_to_map(x, hw))
 
 
