@@ -6,12 +6,13 @@ at W3A3 / W4A4 / W6A6, with calibration time and peak memory per row.
 
 Every row is one ``tools/quantize.py`` run (``tools/test.py`` for float) in its own process
 and work dir, so peak memory is per row; a row whose ``metrics.json`` exists for the same
-config is not run again (an interrupted benchmark continues where it stopped). A ``+rec``
-row starts from the ``stage_calibrate.pth`` of the same row without ``+rec`` (the same
-calibration and MR), so its time is the reconstruction stage alone. Writes
-``accuracy.json``, ``accuracy.md`` and ``accuracy.png`` to ``--out``.
+command and checkpoint (sha256) is not run again (an interrupted benchmark continues where
+it stopped). A ``+rec`` row starts from the ``stage_calibrate.pth`` of the same row
+without ``+rec`` (the same calibration and MR), so its time is the reconstruction stage
+alone. Writes ``accuracy.json``, ``accuracy.md`` and ``accuracy.png`` to ``--out``.
 """
 import argparse
+import hashlib
 import json
 import os
 import os.path as osp
@@ -74,10 +75,12 @@ def _write_if_changed(path: str, text: str) -> bool:
     return True
 
 
-def _run(cmd: list, work_dir: str, label: str, force: bool) -> dict:
+def _run(cmd: list, work_dir: str, label: str, force: bool, checkpoint: str) -> dict:
     metrics_path = osp.join(work_dir, 'metrics.json')
     cmd_path = osp.join(work_dir, 'command.txt')
-    changed = _write_if_changed(cmd_path, ' '.join(cmd) + '\n')
+    with open(osp.join(ROOT, checkpoint), 'rb') as f:  # a retrained detector reruns its rows
+        digest = hashlib.sha256(f.read()).hexdigest()
+    changed = _write_if_changed(cmd_path, ' '.join(cmd) + f'\n# {checkpoint} sha256 {digest}\n')
     if osp.isfile(metrics_path) and not force and not changed:
         print(f'{label}: done before (delete {metrics_path} or pass --force to rerun)', flush=True)
     else:
@@ -192,7 +195,7 @@ def main() -> None:
                                 'stage_calibrate.pth')
                 if osp.isfile(base):
                     cmd += ['--resume-from', base]
-        row = _row(det, bits, method, _run(cmd, work_dir, label, args.force))
+        row = _row(det, bits, method, _run(cmd, work_dir, label, args.force, ckpt))
         print(f"{label}: box AP {row['bbox_mAP']:.3f}, mask AP {row['segm_mAP']:.3f}",
               flush=True)
         rows.append(row)

@@ -18,7 +18,8 @@ def conv_stem(channels: Sequence[int]) -> nn.Sequential:
     stem: total stride ``2 ** len(channels)``)."""
     layers, c_in = [], 3
     for c in channels:
-        layers += [nn.Conv2d(c_in, c, 3, 2, 1, bias=False), nn.BatchNorm2d(c), nn.ReLU(inplace=True)]
+        layers += [nn.Conv2d(c_in, c, 3, 2, 1, bias=False), nn.BatchNorm2d(c),
+                   nn.ReLU(inplace=True)]
         c_in = c
     return nn.Sequential(*layers)
 
