@@ -75,6 +75,20 @@ def test_vitdet_backbone_in_mask_rcnn(shapes_data, tmp_path):
     assert all(torch.isfinite(f).all() for f in quant_feats)
 
 
+def test_vitdet_levels_are_contiguous_for_mmcv_roi_align():
+    from mmcv.ops import RoIAlign
+    model = TimmViTDet(img_size=64, patch_size=8, embed_dims=32, depth=1, num_heads=2,
+                       out_channels=16, scales=(2.0, 1.0)).eval()
+    with torch.no_grad():
+        feats = model(torch.randn(1, 3, 64, 96))
+    assert all(f.is_contiguous() for f in feats)
+    # Why it matters: mmcv's CPU RoIAlign gives another answer on channels-last strides.
+    rois = torch.tensor([[0, 4., 6., 40., 50.]])
+    op = RoIAlign(7, spatial_scale=0.25, sampling_ratio=0, aligned=True)
+    strided = feats[0].contiguous(memory_format=torch.channels_last)
+    assert not torch.allclose(op(strided, rois), op(feats[0], rois))
+
+
 def test_vitdet_rejects_unpadded_input():
     with pytest.raises(ValueError, match='not divisible'):
         TimmViTDet(img_size=64, embed_dims=32, depth=1, num_heads=2)(torch.randn(1, 3, 60, 64))

@@ -143,7 +143,10 @@ class TimmViTDet(BaseModule):
         return x.transpose(1, 2).reshape(x.shape[0], x.shape[2], *hw)
 
     def pyramid_forward(self, fmap: Tensor) -> Tuple[Tensor, ...]:
-        return tuple(level(fmap) for level in self.pyramid)
+        # timm's LayerNorm2d returns channels-last strides, which every later conv keeps, and
+        # mmcv's CPU RoIAlign reads its input as contiguous NCHW: without .contiguous() the
+        # RoI heads see scrambled features (the RPN, plain convs, does not).
+        return tuple(level(fmap).contiguous() for level in self.pyramid)
 
     def forward(self, img: Tensor) -> Tuple[Tensor, ...]:
         if img.shape[-2] % self.patch_size or img.shape[-1] % self.patch_size:
