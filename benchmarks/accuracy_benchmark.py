@@ -75,12 +75,12 @@ def _write_if_changed(path: str, text: str) -> bool:
     return True
 
 
-def _run(cmd: list, work_dir: str, label: str, force: bool, checkpoint: str) -> dict:
+def _run(cmd: list, work_dir: str, label: str, force: bool, checkpoint_key: str) -> dict:
+    """Run one row; ``checkpoint_key`` (its checkpoint's sha256) is part of the cache key, so
+    a retrained detector reruns its rows."""
     metrics_path = osp.join(work_dir, 'metrics.json')
     cmd_path = osp.join(work_dir, 'command.txt')
-    with open(osp.join(ROOT, checkpoint), 'rb') as f:  # a retrained detector reruns its rows
-        digest = hashlib.sha256(f.read()).hexdigest()
-    changed = _write_if_changed(cmd_path, ' '.join(cmd) + f'\n# {checkpoint} sha256 {digest}\n')
+    changed = _write_if_changed(cmd_path, ' '.join(cmd) + f'\n# {checkpoint_key}\n')
     if osp.isfile(metrics_path) and not force and not changed:
         print(f'{label}: done before (delete {metrics_path} or pass --force to rerun)', flush=True)
     else:
@@ -173,11 +173,16 @@ def main() -> None:
     jobs += [(d, b, m) for d in args.detectors for b in args.bits for m in args.methods
              if '+' not in m or (b in args.stage_bits and ('rec' not in m
                                                            or d in args.reconstruct_detectors))]
-    for k, (det, bits, method) in enumerate(jobs):
-        cfg_file, ckpt = DETECTORS[det]
+    checkpoint_keys = {}
+    for det in args.detectors:
+        ckpt = DETECTORS[det][1]
         if not osp.isfile(osp.join(ROOT, ckpt)):
             raise SystemExit(f'{ckpt} is missing: the demo checkpoints are committed with the '
                              'repository (see checkpoints/demo/README.md).')
+        with open(osp.join(ROOT, ckpt), 'rb') as f:
+            checkpoint_keys[det] = f'{ckpt} sha256 {hashlib.sha256(f.read()).hexdigest()}'
+    for k, (det, bits, method) in enumerate(jobs):
+        cfg_file, ckpt = DETECTORS[det]
         name = 'float' if bits is None else f'w{bits}a{bits}_{method}'
         work_dir = osp.join(args.out, det, name)
         os.makedirs(work_dir, exist_ok=True)
@@ -195,7 +200,7 @@ def main() -> None:
                                 'stage_calibrate.pth')
                 if osp.isfile(base):
                     cmd += ['--resume-from', base]
-        row = _row(det, bits, method, _run(cmd, work_dir, label, args.force, ckpt))
+        row = _row(det, bits, method, _run(cmd, work_dir, label, args.force, checkpoint_keys[det]))
         print(f"{label}: box AP {row['bbox_mAP']:.3f}, mask AP {row['segm_mAP']:.3f}",
               flush=True)
         rows.append(row)

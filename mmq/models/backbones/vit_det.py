@@ -107,17 +107,17 @@ class TimmViTDet(BaseModule):
         self.global_blocks = tuple(global_blocks)
         if any(not 0 <= i < depth for i in self.global_blocks):
             raise ValueError(f'global_blocks={self.global_blocks} must index the {depth} blocks.')
-        embed = {}
+        embed = {}  # timm's strided patch conv unless a stem replaces it
         if stem_channels:
             if 2**len(stem_channels) != patch_size:
                 raise ValueError(f'stem_channels={tuple(stem_channels)} gives stride '
                                  f'{2**len(stem_channels)}, but patch_size={patch_size}: use '
                                  f'{patch_size.bit_length() - 1} stem convs or patch_size='
                                  f'{2**len(stem_channels)}.')
-            embed = dict(embed_layer=partial(HybridEmbed, backbone=conv_stem(stem_channels)),
-                         patch_size=1)
+            # The stem does the whole stride; the projection after it is 1x1.
+            embed = dict(embed_layer=partial(HybridEmbed, backbone=conv_stem(stem_channels)))
         self.vit = VisionTransformer(
-            img_size=img_size, patch_size=embed.pop('patch_size', patch_size),
+            img_size=img_size, patch_size=1 if stem_channels else patch_size,
             embed_dim=embed_dims, depth=depth,
             num_heads=num_heads, mlp_ratio=mlp_ratio, qkv_bias=True, num_classes=0,
             global_pool='', class_token=False, dynamic_img_size=True, init_values=init_values,
