@@ -95,3 +95,24 @@ def test_config_errors_name_the_value():
         UniformQuantizer(4).set_params(torch.tensor([0.0]), torch.tensor([0.0]))
     with pytest.raises(TypeError, match='cannot calibrate'):
         MinMaxCalibrator()(torch.nn.Identity(), torch.randn(3))
+
+
+def test_matmul_query_subsample_keeps_exact_output_rows():
+    """Sampled query rows of an attention map give exactly those rows of ``a @ b``."""
+    from mmq.models.quant_matmul import QuantMatMul
+    torch.manual_seed(0)
+    attn = torch.softmax(torch.randn(6, 3, 40, 40), dim=-1)
+    v = torch.randn(6, 3, 40, 8)
+    mm = QuantMatMul(None, None)
+    a, b = mm.sample_inputs((attn, v), 4, torch.Generator().manual_seed(0), queries=10)
+    assert a.shape == (4, 3, 10, 40) and b.shape == (4, 3, 40, 8)
+    full = attn @ v
+    out = a @ b
+    for i in range(4):  # each sampled map and row is a map and row of the input, all heads
+        j = next(j for j in range(6) if torch.equal(b[i], v[j]))
+        rows = [next(r for r in range(40) if torch.equal(a[i, 0, k], attn[j, 0, r]))
+                for k in range(10)]
+        assert len(set(rows)) == 10
+        assert torch.allclose(out[i], full[j][:, rows])
+    whole, _ = mm.sample_inputs((attn, v), 4, torch.Generator().manual_seed(0), queries=40)
+    assert whole.shape == (4, 3, 40, 40)

@@ -79,8 +79,11 @@ def capture_samples(layers: List[nn.Module], run_all: Callable[[], int], qcfg: Q
     got: Dict[int, list] = {id(layer): [] for layer in layers}
 
     def hook(layer, args):
-        num = windows if isinstance(layer, QuantMatMul) else rows
-        got[id(layer)].append(layer.sample_inputs(args, num, generator))
+        if isinstance(layer, QuantMatMul):
+            got[id(layer)].append(
+                layer.sample_inputs(args, windows, generator, queries=qcfg.search_queries))
+        else:
+            got[id(layer)].append(layer.sample_inputs(args, rows, generator))
 
     handles = [layer.register_forward_pre_hook(hook) for layer in layers]
     try:

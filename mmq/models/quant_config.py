@@ -33,6 +33,10 @@ class QuantConfig:
             initialisation (published: 3).
         search_rows: Rows (tokens, patches) per layer that candidates are scored on.
         search_windows: Attention maps (windows x images) per matmul scored.
+        search_queries: Query rows per attention map scored, all keys kept (output rows of
+            ``a @ b`` are independent, so a row subsample scores the same error; global
+            attention over many tokens is otherwise the slowest search). Maps with no more
+            rows are scored whole.
         dequant: Log-quantizer dequantization in evaluation: 'table' (integer kernel) or
             'exact'.
         fold_gelu_shift: Fold the post-GELU shift into fc2's bias (bias reparameterization).
@@ -57,6 +61,7 @@ class QuantConfig:
     rounds: int = 1
     search_rows: int = 256
     search_windows: int = 32
+    search_queries: int = 64
     dequant: str = 'table'
     fold_gelu_shift: bool = True
     percentile: float = 0.9999
@@ -85,7 +90,7 @@ class QuantConfig:
                 schedule(**(getattr(self, name) or {}))
             except TypeError as e:
                 raise ValueError(f'quant_cfg.{name}={getattr(self, name)!r}: {e}') from None
-        for name in ('rounds', 'search_rows', 'search_windows'):
+        for name in ('rounds', 'search_rows', 'search_windows', 'search_queries'):
             value = getattr(self, name)
             if not isinstance(value, int) or value < (0 if name == 'rounds' else 1):
                 raise ValueError(f'quant_cfg.{name}={value!r} must be a positive integer.')

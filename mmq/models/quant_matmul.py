@@ -37,11 +37,19 @@ class QuantMatMul(nn.Module):
         return a @ b
 
     # calibration -------------------------------------------------------------------------
-    def sample_inputs(self, args: tuple, num: int, generator: torch.Generator):
+    def sample_inputs(self, args: tuple, num: int, generator: torch.Generator,
+                      queries: Optional[int] = None):
+        """``num`` maps (leading axis) of ``a`` and ``b``; of each map of ``a``, ``queries``
+        random rows (the output rows they give are scored exactly: ``b`` is kept whole)."""
         a, b = args[0].detach(), args[1].detach()
         if a.shape[0] > num:
             idx = torch.randperm(a.shape[0], generator=generator)[:num]
             a, b = a[idx], b[idx]
+        rows = a.shape[-2]
+        if queries is not None and rows > queries:
+            keep = torch.rand(a.shape[0], rows, generator=generator).argsort(dim=1)[:, :queries]
+            keep = keep.view(a.shape[0], *([1] * (a.dim() - 3)), queries, 1)
+            a = a.gather(-2, keep.expand(*a.shape[:-2], queries, a.shape[-1]))
         return a, b
 
     def calibration_problem(self, samples) -> CalibrationProblem:
