@@ -49,7 +49,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument('--methods', nargs='+', default=list(METHODS), choices=METHODS)
     parser.add_argument('--stage-bits', nargs='+', type=int, default=[3, 4],
                         help='bit widths the +mr / +rec methods run at (minutes each on a CPU)')
-    parser.add_argument('--reconstruct-detectors', nargs='+', default=['swin'],
+    parser.add_argument('--reconstruct-detectors', nargs='+', default=list(DETECTORS),
                         choices=DETECTORS, help='detectors the +rec methods run on')
     parser.add_argument('--num-images', type=int, default=32, help='calibration images')
     parser.add_argument('--out', default=osp.join(ROOT, 'benchmarks/results/accuracy'))
