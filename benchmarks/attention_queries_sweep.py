@@ -1,0 +1,67 @@
+"""What scoring a row subsample of each attention map costs in accuracy and saves in time.
+
+    python benchmarks/attention_queries_sweep.py [--images 32] [--blocks 1]
+
+Calibrates the demo ViT's patch embedding and first blocks (global attention over 320 tokens,
+committed checkpoint, generated training images) at W4A4 with AdaLog + FPCS for several
+``quant_cfg.search_queries`` (query rows scored per attention map; 320 = whole maps) and
+prints each block's calibration time and unit output SQNR.
+"""
+import argparse
+import copy
+import time
+
+import torch
+from mmengine.config import Config
+from mmengine.dataset import pseudo_collate
+from mmengine.registry import init_default_scope
+from mmengine.runner import load_checkpoint
+from mmdet.registry import DATASETS, MODELS
+
+import mmq  # noqa: F401  (registers mmq.TimmViTDet)
+from mmq.calibration.activation_store import ActivationStore
+from mmq.calibration.block_calibration import calibrate_unit
+from mmq.calibration.quantize import prepare
+from mmq.calibration.units import build_units
+
+CONFIG = 'configs/demo/mask-rcnn_vit-demo_fpn_shapes.py'
+CHECKPOINT = 'checkpoints/demo/mask-rcnn_vit-demo_shapes.pth'
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('--images', type=int, default=32)
+    parser.add_argument('--blocks', type=int, default=1, help='ViT blocks after patch_embed')
+    parser.add_argument('--queries', type=int, nargs='+', default=[16, 64, 320])
+    args = parser.parse_args()
+    init_default_scope('mmdet')
+    cfg = Config.fromfile(CONFIG)
+    detector = MODELS.build(cfg.model)
+    load_checkpoint(detector, CHECKPOINT, map_location='cpu', logger='silent')
+    detector.eval()
+    dataset = DATASETS.build(cfg.train_dataloader.dataset)
+    batch = pseudo_collate([dataset[i] for i in range(args.images)])
+    with torch.no_grad():
+        images = detector.data_preprocessor(batch, False)['inputs']
+    print('| search_queries | ' + ' | '.join(f'unit {i}: s, output SQNR dB'
+                                              for i in range(1 + args.blocks)) + ' |')
+    print('|---|' + '---|' * (1 + args.blocks))
+    for queries in args.queries:
+        backbone = copy.deepcopy(detector.backbone)
+        qcfg = prepare(backbone, dict(w_bits=4, a_bits=4, search_queries=queries))
+        store = ActivationStore()
+        for img in images:
+            store.append((img[None], ))
+        names = {id(m): n for n, m in backbone.named_modules()}
+        cells = []
+        with torch.no_grad():
+            for i, unit in enumerate(build_units(backbone)[:1 + args.blocks]):
+                start = time.perf_counter()
+                report, store = calibrate_unit(unit, store, qcfg, names, i)
+                cells.append(f'{time.perf_counter() - start:.1f}, '
+                             f"{report['output_sqnr_db']:.2f}")
+        print(f'| {queries} | ' + ' | '.join(cells) + ' |', flush=True)
+
+
+if __name__ == '__main__':
+    main()
