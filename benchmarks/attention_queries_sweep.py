@@ -8,21 +8,16 @@ committed checkpoint, generated training images) at W4A4 with AdaLog + FPCS for 
 prints each block's calibration time and unit output SQNR.
 """
 import argparse
-import copy
-import time
 
 import torch
 from mmengine.config import Config
 from mmengine.dataset import pseudo_collate
 from mmengine.registry import init_default_scope
-from mmengine.runner import load_checkpoint
+from mmengine.runner import load_checkpoint, set_random_seed
 from mmdet.registry import DATASETS, MODELS
 
 import mmq  # noqa: F401  (registers mmq.TimmViTDet)
-from mmq.calibration.activation_store import ActivationStore
-from mmq.calibration.block_calibration import calibrate_unit
-from mmq.calibration.quantize import prepare
-from mmq.calibration.units import build_units
+from search_budget_sweep import run  # noqa: E402  (same folder)
 
 CONFIG = 'configs/demo/mask-rcnn_vit-demo_fpn_shapes.py'
 CHECKPOINT = 'checkpoints/demo/mask-rcnn_vit-demo_shapes.pth'
@@ -35,6 +30,7 @@ def main() -> None:
     parser.add_argument('--queries', type=int, nargs='+', default=[16, 64, 320])
     args = parser.parse_args()
     init_default_scope('mmdet')
+    set_random_seed(0)  # the training pipeline flips images at random
     cfg = Config.fromfile(CONFIG)
     detector = MODELS.build(cfg.model)
     load_checkpoint(detector, CHECKPOINT, map_location='cpu', logger='silent')
@@ -47,20 +43,10 @@ def main() -> None:
                                               for i in range(1 + args.blocks)) + ' |')
     print('|---|' + '---|' * (1 + args.blocks))
     for queries in args.queries:
-        backbone = copy.deepcopy(detector.backbone)
-        qcfg = prepare(backbone, dict(w_bits=4, a_bits=4, search_queries=queries))
-        store = ActivationStore()
-        for img in images:
-            store.append((img[None], ))
-        names = {id(m): n for n, m in backbone.named_modules()}
-        cells = []
-        with torch.no_grad():
-            for i, unit in enumerate(build_units(backbone)[:1 + args.blocks]):
-                start = time.perf_counter()
-                report, store = calibrate_unit(unit, store, qcfg, names, i)
-                cells.append(f'{time.perf_counter() - start:.1f}, '
-                             f"{report['output_sqnr_db']:.2f}")
-        print(f'| {queries} | ' + ' | '.join(cells) + ' |', flush=True)
+        _, sqnr, seconds = run(detector.backbone, list(images.split(1)),
+                               dict(w_bits=4, a_bits=4, search_queries=queries), 1 + args.blocks)
+        print(f'| {queries} | ' + ' | '.join(f'{t:.1f}, {db:.2f}' for t, db in zip(seconds, sqnr))
+              + ' |', flush=True)
 
 
 if __name__ == '__main__':

@@ -11,6 +11,7 @@ per-channel weight scales, AdaLog bases, and the unit output SQNR.
 import argparse
 import copy
 import tempfile
+import time
 
 import torch
 from mmdet.models.backbones import SwinTransformer
@@ -31,21 +32,24 @@ def chosen_params(model):
     return out
 
 
-def run(backbone, images, budget_rows, budget_windows, num_units):
+def run(backbone, images, quant_cfg: dict, num_units: int):
+    """Calibrate the first ``num_units`` units of a copy of ``backbone`` on ``images``
+    (``(1, 3, H, W)`` tensors); its chosen parameters, each unit's output SQNR and seconds."""
     model = copy.deepcopy(backbone)
-    qcfg = prepare(model, dict(w_bits=4, a_bits=4, search_rows=budget_rows,
-                               search_windows=budget_windows))
+    qcfg = prepare(model, quant_cfg)
     units = build_units(model)[:num_units]
     store = ActivationStore()
     for img in images:
         store.append((img, ))
     names = {id(m): n for n, m in model.named_modules()}
-    sqnr = []
+    sqnr, seconds = [], []
     with torch.no_grad():
         for i, unit in enumerate(units):
+            start = time.perf_counter()
             report, store = calibrate_unit(unit, store, qcfg, names, i)
+            seconds.append(time.perf_counter() - start)
             sqnr.append(report['output_sqnr_db'])
-    return chosen_params(model), sqnr
+    return chosen_params(model), sqnr, seconds
 
 
 def main() -> None:
@@ -65,7 +69,9 @@ def main() -> None:
     for rows in args.rows:
         windows = max(4, rows // 8)
         print(f'budget {rows} rows / {windows} windows ...', flush=True)
-        results[rows] = run(backbone, images, rows, windows, 1 + args.blocks)
+        results[rows] = run(backbone, images,
+                            dict(w_bits=4, a_bits=4, search_rows=rows, search_windows=windows),
+                            1 + args.blocks)[:2]
     ref_params, _ = results[max(args.rows)]
     print('\n| rows / windows | act. scale change (median, max) | weight scale change (mean) '
           '| AdaLog bases q | unit output SQNR (dB) |')
