@@ -176,6 +176,9 @@ def test_stages_through_the_hook_save_stage_results_and_restart_from_one(shapes_
                  reconstruct=dict(iters=3, batch=2))
 
     def narrow(cfg):  # a 1-block-per-stage Swin keeps the test in the CI budget
+        # Seeded random weights: after MR, reconstruction's targets come from the float
+        # model as it is at the start of each run, so both runs must start from the same one.
+        cfg.randomness = dict(seed=0)
         cfg.model.backbone.update(embed_dims=32, depths=[1, 1, 1, 1], num_heads=[1, 2, 4, 8])
         cfg.model.neck.in_channels = [32, 64, 128, 256]
         return cfg
@@ -200,7 +203,8 @@ def test_stages_through_the_hook_save_stage_results_and_restart_from_one(shapes_
     runner2.test()
     a = torch.load(str(tmp_path / 'first' / STATE_FILE), weights_only=False)['state_dict']
     b = torch.load(str(tmp_path / 'second' / STATE_FILE), weights_only=False)['state_dict']
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert a.keys() == b.keys(), set(a) ^ set(b)
+    assert [k for k in a if not torch.equal(a[k], b[k])] == []
 
     cfg3 = narrow(swin_config(shapes_data, str(tmp_path / 'third'), quant, tmp_path))
     cfg3.custom_hooks[0]['load_state'] = str(tmp_path / 'first' / STATE_FILE)

@@ -1,13 +1,21 @@
 """Block reconstruction (``methods.md`` 5): per block, in order, AdaRound weights, learned
-activation scales and QDrop, minimising ``mean((O_hat - O)^2 * H)`` with ``H`` the block
-output's APH importance (RMS-normalised).
+activation scales and QDrop, minimising
+
+    L = rec + round_weight * sum_i (1 - |2 h(V_i) - 1|^beta)
+
+with ``rec`` the APH-weighted squared error ``(O_hat - O)^2 * H`` summed over the output's
+dimension 1 and averaged over the rest (BRECQ / QDrop's ``lp_loss``), ``H`` the block output's
+APH importance (RMS-normalised) and the regulariser summed over *every* rounding variable of
+the block. At that balance the annealed regulariser drives every ``h(V)`` to 0 or 1 before the
+rounding is hardened; the report gives the fraction that got there and the loss change that
+hardening caused.
 
 Inputs stream from :class:`ActivationStore` s (memory up to a budget, then disk): the
 quantized chain's block inputs, the float chain's block inputs and the float block outputs.
 """
 import math
 import time
-from typing import Dict, List, Sequence
+from typing import Dict, List, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -49,7 +57,13 @@ class AdaRoundQuantizer(nn.Module):
         return torch.clamp(self.floor + rounding, -z, qmax - z) * self.base.scale
 
     def regulariser(self, beta: float) -> Tensor:
-        return (1 - (2 * self.h() - 1).abs().pow(beta)).mean()
+        """``sum_i (1 - |2 h(V_i) - 1|^beta)`` over every rounding variable."""
+        return (1 - (2 * self.h() - 1).abs().pow(beta)).sum()
+
+    def settled(self, tol: float = 0.01) -> Tuple[int, int]:
+        """(variables with ``h(V)`` within ``tol`` of 0 or 1, all variables)."""
+        h = self.h().detach()
+        return int(((h <= tol) | (h >= 1 - tol)).sum()), h.numel()
 
 
 def _beta(it: int, opts: ReconstructOptions) -> float:
@@ -89,8 +103,8 @@ class _QDrop:
 
     def _hook(self, module, args, out):
         x = args[0]
-        keep_float = torch.rand(x.shape, generator=self.generator) < self.p
-        return torch.where(keep_float, x, out)
+        keep_float = random_mask(x, self.p, self.generator)
+        return torch.where(keep_float, module.float_path(x), out)
 
     def __exit__(self, *exc):
         for h in self.handles:
@@ -98,10 +112,16 @@ class _QDrop:
         self.handles = []
 
 
+def random_mask(x: Tensor, p: float, generator: torch.Generator) -> Tensor:
+    """``rand < p`` shaped like ``x``, drawn from the seeded ``generator`` (on its device)
+    and moved to ``x``'s device."""
+    return (torch.rand(x.shape, generator=generator, device=generator.device) < p).to(x.device)
+
+
 def _weighted_loss(out: Tensor, target: Tensor, h: Tensor) -> Tensor:
-    if h.dim() == 1:
-        return ((out - target).pow(2) * h).mean()
-    return ((out - target).pow(2) * h.unsqueeze(0)).mean()
+    """``(out - target)^2 * h`` summed over dimension 1, averaged over the rest."""
+    err = (out - target).pow(2) * (h if h.dim() == 1 else h.unsqueeze(0))
+    return err.sum(1).mean() if err.dim() > 1 else err.mean()
 
 
 def _eval_loss(unit: Unit, q_store: ActivationStore, out_store: ActivationStore,
@@ -189,7 +209,7 @@ def reconstruct_unit(unit: Unit, q_store: ActivationStore, fp_store: ActivationS
                 for i in idx:
                     xq, xf = q_store[i], fp_store[i]
                     t_q, t_f = first_tensor(xq), first_tensor(xf)
-                    mask = torch.rand(t_q.shape, generator=generator) < opts.drop_prob
+                    mask = random_mask(t_q, opts.drop_prob, generator)
                     mixed = torch.where(mask, t_f, t_q)
                     inputs.append(tuple(mixed if x is t_q else x for x in xq) +
                                   (first_tensor(out_store[i]), ))
@@ -203,13 +223,16 @@ def reconstruct_unit(unit: Unit, q_store: ActivationStore, fp_store: ActivationS
                     total = total + loss
                 if beta > 0:
                     reg = sum(r.regulariser(beta) for _, _, r in rounders.values())
-                    total = total + opts.round_weight * reg / max(1, len(rounders))
+                    total = total + opts.round_weight * reg
                 total.backward()
                 optimizer.step()
                 schedule.step()
                 with torch.no_grad():
                     for s in scales:
                         s.clamp_(min=1e-8)
+        module.eval()
+        settled = [r.settled() for _, _, r in rounders.values()]
+        soft = _eval_loss(unit, q_store, out_store, h)  # before hardening the rounding
     finally:
         for layer, base, rounder in rounders.values():
             # The float weight stays (float mode is still the float model); the quantizer
@@ -225,6 +248,10 @@ def reconstruct_unit(unit: Unit, q_store: ActivationStore, fp_store: ActivationS
     if not kept:
         module.load_state_dict(saved)
     module.train(was_training)
+    total_vars = sum(n for _, n in settled)
     return dict(unit=unit.name, seconds=time.perf_counter() - start, loss_before=before,
-                loss_after=after if kept else before, loss_trained=after, reverted=not kept,
-                layers=len(layers), learned_scales=len(scales))
+                loss_after=after if kept else before, loss_trained=after, loss_soft=soft,
+                hardening_change=after - soft, reverted=not kept, layers=len(layers),
+                learned_scales=len(scales),
+                rounding_settled=sum(k for k, _ in settled) / max(1, total_vars),
+                rounding_variables=total_vars)

@@ -5,6 +5,7 @@ Stages (``quant_cfg.stages``, in order): 'mr' (MLP Reconstruction on the float m
 reconstruction). A ``resume`` state skips the stages it has finished and continues the one
 it was in at its first unfinished block.
 """
+import copy
 import time
 from typing import Callable, Iterable, List, Optional, Union
 
@@ -137,6 +138,12 @@ def quantize(model: nn.Module,
     stages_done, resume_stage, units_done, reports = _resume_progress(resume, qcfg, logger)
     was_training = model.training
     model.eval()
+    reference = None
+    if ('mr' in qcfg.stages and 'reconstruct' in qcfg.stages
+            and 'reconstruct' not in stages_done):
+        # MR changes the float model (GELU -> ReLU, new fc1 / fc2): reconstruction's targets
+        # and APH come from the original float model, as published.
+        reference = copy.deepcopy(model)
     store = ActivationStore(activation_budget_bytes, spill_dir)
     batches = _collect_images(model, data, store, qcfg.scope == 'detector')
     num_images = sum(item[0].shape[0] for item in store)
@@ -187,10 +194,14 @@ def quantize(model: nn.Module,
             raise RuntimeError(f'{len(missing)} quantizer(s) were not calibrated: {missing[:5]}')
         if 'reconstruct' in qcfg.stages and 'reconstruct' not in stages_done:
             opts = qcfg.reconstruct_options()
-            forward, task_loss, eps = task_for(model, opts.eps)
+            fp_model = model if reference is None else reference
+            forward, task_loss, eps = task_for(fp_model, opts.eps)
             done = units_done if resume_stage == 'reconstruct' else 0
-            rec = reconstruct_units(model, units, store, forward, task_loss, eps, opts,
-                                    qcfg.seed, logger, on_unit_done, done)
+            fp_units = None
+            if reference is not None:
+                fp_units = build_units(reference.backbone if detector else reference)
+            rec = reconstruct_units(fp_model, units, store, forward, task_loss, eps, opts,
+                                    qcfg.seed, logger, on_unit_done, done, fp_units)
             reports += rec['units']
             finish('reconstruct', dict(stage='reconstruct', seconds=rec['seconds'],
                                        aph_seconds=rec['aph_seconds']))

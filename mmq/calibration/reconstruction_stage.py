@@ -24,16 +24,25 @@ def reconstruct_units(model: nn.Module, units: List[Unit], images: ActivationSto
                       forward: Callable, task_loss: Callable, eps: float,
                       opts: ReconstructOptions, seed: int = 0, logger=None,
                       on_unit_done: Optional[Callable[[dict], None]] = None,
-                      done: int = 0) -> dict:
+                      done: int = 0, fp_units: Optional[List[Unit]] = None) -> dict:
     """Reconstruct units ``done..`` of the chain in place (earlier ones are finished).
 
     ``images`` holds ``(image_batch,)`` items; it is left open for the caller.
+    ``fp_units``: the unit chain of the float model the targets come from, when it is not
+    ``units`` in float mode (after MLP Reconstruction: the original GELU model, so that
+    reconstruction also absorbs MR's error); ``model``, ``forward`` and ``task_loss`` must
+    then be that model's, for APH.
     """
     start = time.perf_counter()
+    fp_units = units if fp_units is None else fp_units
+    if [u.name for u in fp_units] != [u.name for u in units]:
+        raise ValueError('the float reference model\'s units '
+                         f'{[u.name for u in fp_units]} do not match the quantized model\'s '
+                         f'{[u.name for u in units]}.')
     todo = [i for i, u in enumerate(units) if i >= done and reconstructable(u)]
     t0 = time.perf_counter()
     batches = [images[k][0] for k in range(min(len(images), opts.aph_images or len(images)))]
-    maps = aph_importance(forward, task_loss, batches, [units[i].module for i in todo], eps,
+    maps = aph_importance(forward, task_loss, batches, [fp_units[i].module for i in todo], eps,
                           model)
     hs = dict(zip(todo, maps))
     aph_seconds = time.perf_counter() - t0
@@ -42,7 +51,7 @@ def reconstruct_units(model: nn.Module, units: List[Unit], images: ActivationSto
     reports = []
     q_store = fp_store = images
     for i, unit in enumerate(units):
-        fp_out = chain_outputs(unit, fp_store, quant=False)
+        fp_out = chain_outputs(fp_units[i], fp_store, quant=False)
         if i in hs:
             h = hs[i]
             out_shape = first_tensor(fp_out[0]).shape[1:]

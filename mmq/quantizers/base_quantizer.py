@@ -35,6 +35,11 @@ class BaseQuantizer(nn.Module):
         """Whether ``forward`` quantizes (calibrated and enabled)."""
         return self.enabled and bool(self.calibrated)
 
+    def float_path(self, x: Tensor) -> Tensor:
+        """What ``forward`` returns with quantization dropped (QDrop): ``x`` itself, or what
+        the next layer expects instead (see :class:`LogQuantizer`'s folded shift)."""
+        return x
+
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # Calibrated buffers may have a shape the fresh module cannot know: adopt it.
         for name in self.lazy_buffers:

@@ -90,6 +90,12 @@ class LogQuantizer(BaseQuantizer):
                              self.use_table)
         return out if bool(self.shift_folded) else out - self.shift
 
+    def float_path(self, x: Tensor) -> Tensor:
+        """Float ``x`` in this quantizer's output convention: ``x + shift`` once the next
+        layer's bias absorbed ``-shift`` (otherwise a dropped element would carry ``-shift``
+        into that layer), else ``x``."""
+        return x + self.shift if self.is_active and bool(self.shift_folded) else x
+
     def extra_repr(self) -> str:
         return (f'{super().extra_repr()}, base=2^({int(self.q)}/{self.r}), shift={self.shift}, '
                 f'dequant={self.dequant}')
