@@ -1,12 +1,50 @@
 """Small helpers shared by the tools and benchmarks."""
+import fcntl
+import hashlib
 import json
 import os
 import os.path as osp
 
 
+def file_sha256(path: str) -> str:
+    """sha256 of a file's bytes (read in 1 MiB chunks)."""
+    h = hashlib.sha256()
+    with open(path, 'rb') as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+class WorkDirLock:
+    """An exclusive, non-blocking lock on ``work_dir/.mmq.lock`` for the duration of a
+    ``with`` block: a second run in the same work dir stops with a clear error instead of
+    overwriting or resuming the first one's files. The OS releases it if the process dies."""
+
+    def __init__(self, work_dir: str) -> None:
+        self.path = osp.join(work_dir, '.mmq.lock')
+        self._fd = None
+
+    def __enter__(self) -> 'WorkDirLock':
+        os.makedirs(osp.dirname(self.path), exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise RuntimeError(f'another mmq run is calibrating in {osp.dirname(self.path)} '
+                               '(it holds .mmq.lock): wait for it, or use another --work-dir.')
+        self._fd = fd
+        return self
+
+    def __exit__(self, *exc) -> None:
+        fcntl.flock(self._fd, fcntl.LOCK_UN)
+        os.close(self._fd)
+        self._fd = None
+
+
 def write_json(path: str, obj: dict) -> str:
     """Write ``obj`` to ``path`` atomically (a reader never sees half a file)."""
-    tmp = path + '.tmp'
+    tmp = f'{path}.{os.getpid()}.tmp'
     with open(tmp, 'w') as f:
         json.dump(obj, f, indent=1)
     os.replace(tmp, path)

@@ -201,8 +201,8 @@ def test_stages_through_the_hook_save_stage_results_and_restart_from_one(shapes_
     torch.manual_seed(0)
     runner2 = Runner.from_cfg(cfg2)
     runner2.test()
-    a = torch.load(str(tmp_path / 'first' / STATE_FILE), weights_only=False)['state_dict']
-    b = torch.load(str(tmp_path / 'second' / STATE_FILE), weights_only=False)['state_dict']
+    a = torch.load(str(tmp_path / 'first' / STATE_FILE), weights_only=True)['state_dict']
+    b = torch.load(str(tmp_path / 'second' / STATE_FILE), weights_only=True)['state_dict']
     assert a.keys() == b.keys(), set(a) ^ set(b)
     assert [k for k in a if not torch.equal(a[k], b[k])] == []
 

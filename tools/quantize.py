@@ -78,7 +78,9 @@ def build_config(args: argparse.Namespace) -> Config:
             if not osp.isfile(args.resume_from):
                 raise SystemExit(f'--resume-from {args.resume_from!r} does not exist.')
             hook['resume_from'] = args.resume_from
-        if args.num_images:
+        if args.num_images is not None:
+            if args.num_images < 1:
+                raise SystemExit(f'--num-images {args.num_images}: give at least 1 image.')
             hook['num_images'] = args.num_images
         if args.calib_on_eval_set:
             hook['use_eval_set'] = True
@@ -106,6 +108,9 @@ def main() -> None:
     start = time.perf_counter()
     runner = Runner.from_cfg(cfg)
     metrics = runner.test()
+    if not metrics:
+        raise SystemExit('[mmq] the evaluation returned no metrics: check the test dataset '
+                         'and test_evaluator (nothing was evaluated).')
     runner.logger.info(f'[mmq] quantized model metrics: {metrics}')
     write_metrics(cfg.work_dir, metrics, time.perf_counter() - start,
                   resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)

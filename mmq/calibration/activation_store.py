@@ -57,7 +57,7 @@ class ActivationStore:
 
     def __getitem__(self, index: int) -> Tuple:
         on_disk, item = self._items[index]
-        return torch.load(item, weights_only=False) if on_disk else item
+        return torch.load(item, weights_only=True) if on_disk else item
 
     def __iter__(self) -> Iterator[Tuple]:
         for i in range(len(self)):

@@ -14,9 +14,11 @@ from torch.utils.data import DataLoader, Subset
 from mmq.calibration import (load_partial_state, load_quantized_state, quantize,
                              save_partial_state, save_quantized_state)
 from mmq.calibration.quantize import prepare
+from mmq.calibration.quantized_state import check_identity
 from mmq.models.quant_config import QuantConfig
 from mmq.registry import HOOKS
-from mmq.utils import write_json
+from mmq.utils import WorkDirLock, file_sha256, write_json
+from mmq.version import __version__
 
 STATE_FILE = 'quantized_state.pth'
 PARTIAL_FILE = 'quantized_state.partial.pth'
@@ -147,23 +149,50 @@ class QuantCalibrationHook(Hook):
                 model.load_state_dict(state[0])
         self._done = True
 
-    def _resume_state(self, partial_path: str) -> Optional[dict]:
+    def _resume_state(self, partial_path: str, identity: dict) -> Optional[dict]:
         if self.resume and osp.isfile(partial_path):
-            return load_partial_state(partial_path)
+            partial = load_partial_state(partial_path)
+            check_identity(partial, identity, partial_path)
+            return partial
         if self.resume_from:
             if not osp.isfile(self.resume_from):
                 raise FileNotFoundError(f'resume_from={self.resume_from!r} does not exist: give '
                                         'a stage_<name>.pth from an earlier run\'s work dir.')
-            return load_partial_state(self.resume_from)
+            if osp.basename(self.resume_from) == STATE_FILE:
+                raise ValueError(f'resume_from={self.resume_from!r} is a finished quantized '
+                                 'state, not a stage result: evaluate it with --quant-state '
+                                 '(load_state), or resume from a stage_<name>.pth.')
+            partial = load_partial_state(self.resume_from)
+            check_identity(partial, identity, self.resume_from)
+            return partial
         return None
+
+    def _identity(self, runner, loader: DataLoader) -> dict:
+        """What a partial state must have been made from to be resumed by this run."""
+        ckpt = runner.cfg.get('load_from')
+        return dict(checkpoint_sha256=file_sha256(ckpt) if ckpt else None,
+                    images=[loader.dataset.dataset.get_data_info(i)['img_path']
+                            for i in loader.dataset.indices],
+                    seed=self.seed, mmq_version=__version__)
 
     def _calibrate(self, runner, model, qcfg: QuantConfig, state_path: str) -> dict:
         loader = self.calibration_loader(runner)
         work_dir = runner.work_dir
+        os.makedirs(work_dir, exist_ok=True)
+        identity = self._identity(runner, loader)
+        with WorkDirLock(work_dir):
+            return self._calibrate_locked(runner, model, qcfg, state_path, loader, identity)
+
+    def _calibrate_locked(self, runner, model, qcfg: QuantConfig, state_path: str,
+                          loader: DataLoader, identity: dict) -> dict:
+        work_dir = runner.work_dir
         report_path = osp.join(work_dir, REPORT_FILE)
         partial_path = osp.join(work_dir, PARTIAL_FILE)
-        os.makedirs(work_dir, exist_ok=True)
-        resume = self._resume_state(partial_path)
+        spill_dir = osp.join(work_dir, 'activations')
+        if osp.isdir(spill_dir):  # left by a killed run: never read again
+            shutil.rmtree(spill_dir)
+            runner.logger.info(f'[mmq] removed stale spilled activations {spill_dir}')
+        resume = self._resume_state(partial_path, identity)
         done_units = list(resume['reports']) if resume else []
         stages_done = list(resume.get('stages_done', [])) if resume else []
 
@@ -173,14 +202,14 @@ class QuantCalibrationHook(Hook):
             stage = unit_report.get('stage', 'calibrate')
             if stage != 'mr' and unit_report['index'] >= 0:  # a backbone unit: checkpoint
                 save_partial_state(model, partial_path, qcfg, unit_report['index'] + 1,
-                                   done_units, stage, stages_done)
+                                   done_units, stage, stages_done, identity)
 
         def on_stage_done(stage: str, finished: list, stage_report: dict) -> None:
             stages_done[:] = finished
             rest = [s for s in qcfg.stages if s not in finished]
             nxt = rest[0] if rest else None
             stage_path = osp.join(work_dir, f'stage_{stage}.pth')
-            save_partial_state(model, stage_path, qcfg, 0, done_units, nxt, finished)
+            save_partial_state(model, stage_path, qcfg, 0, done_units, nxt, finished, identity)
             shutil.copyfile(stage_path, partial_path + '.tmp')  # the same state: no re-save
             os.replace(partial_path + '.tmp', partial_path)
             runner.logger.info(f"[mmq] stage {stage} done in {stage_report['seconds']:.1f} s; "
@@ -188,11 +217,10 @@ class QuantCalibrationHook(Hook):
 
         report = quantize(model, loader, qcfg, runner.logger,
                           int(self.activation_budget_gb * 1024**3),
-                          osp.join(work_dir, 'activations'), on_unit_done, resume, on_stage_done)
+                          spill_dir, on_unit_done, resume, on_stage_done)
         report['status'] = 'done'
-        report['calibration_images'] = [
-            loader.dataset.dataset.get_data_info(i)['img_path'] for i in loader.dataset.indices
-        ]
+        report['calibration_images'] = identity['images']
+        report['checkpoint_sha256'] = identity['checkpoint_sha256']
         save_quantized_state(model, state_path, qcfg)
         write_json(report_path, report)
         if osp.exists(partial_path):
@@ -205,7 +233,13 @@ def check_checkpoint_matches(model, path: str) -> None:
     only warns and leaves the unmatched weights random)."""
     if not osp.isfile(path):
         raise FileNotFoundError(f'float checkpoint {path!r} does not exist.')
-    ckpt = torch.load(path, map_location='cpu', weights_only=False, mmap=True)
+    try:
+        ckpt = torch.load(path, map_location='cpu', weights_only=True, mmap=True)
+    except Exception as e:  # noqa: BLE001  (torch raises several types for bad files)
+        raise ValueError(f'float checkpoint {path!r} cannot be read as tensors ({type(e).__name__}:'
+                         f' {str(e)[:200]}): it is empty, corrupt, not a checkpoint, or holds '
+                         'pickled objects (never executed here; re-save its state_dict with '
+                         'tools/publish_checkpoint.py).') from e
     ckpt = ckpt.get('state_dict', ckpt) if isinstance(ckpt, dict) else {}
     model_state = model.state_dict()
     missing = [k for k in model_state if k.startswith('backbone.') and k not in ckpt]

@@ -1,0 +1,152 @@
+"""Saved states cannot lie and files cannot run code: pickle payloads are refused by every
+loader, a flipped tensor is detected, a mislabelled state is refused, a partial state from
+another checkpoint is not resumed, and two runs cannot share a work dir."""
+import copy
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from timm.models.vision_transformer import VisionTransformer
+
+import mmq
+from mmq.calibration import load_partial_state, save_partial_state
+from mmq.calibration.activation_store import ActivationStore
+from mmq.calibration.quantized_state import check_identity
+from mmq.hooks.quant_calibration_hook import check_checkpoint_matches
+from mmq.models import QuantConfig
+from mmq.utils import WorkDirLock
+from .conftest import FAST_QUANT
+
+TOOL = os.path.join(os.path.dirname(__file__), '..', 'tools', 'quantize.py')
+
+
+class Payload:
+    """Unpickling this creates ``path`` (stands for arbitrary code)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (self.path, 'w'))
+
+
+@pytest.fixture(scope='module')
+def quantized():
+    torch.manual_seed(0)
+    model = VisionTransformer(img_size=32, patch_size=16, embed_dim=32, depth=1, num_heads=2,
+                              num_classes=4, class_token=False, global_pool='avg').eval()
+    g = torch.Generator().manual_seed(0)
+    float_model = copy.deepcopy(model)
+    mmq.quantize(model, [torch.randn(2, 3, 32, 32, generator=g)], dict(FAST_QUANT))
+    return float_model, model
+
+
+def test_pickle_payloads_never_run(tmp_path, quantized):
+    float_model, _ = quantized
+    marker = tmp_path / 'pwned'
+    evil = str(tmp_path / 'evil.pth')
+    torch.save(dict(format='mmq.quantized_state.v2', meta=Payload(str(marker))), evil)
+    with pytest.raises(ValueError, match='not a readable'):
+        mmq.load_quantized_state(copy.deepcopy(float_model), evil)
+    with pytest.raises(ValueError, match='not a readable'):
+        load_partial_state(evil)
+    torch.save(dict(state_dict=dict(x=torch.zeros(1)), meta=Payload(str(marker))), evil)
+    with pytest.raises(ValueError, match='cannot be read as tensors'):
+        check_checkpoint_matches(float_model, evil)
+    store = ActivationStore(budget_bytes=0, spill_dir=str(tmp_path / 'spill'))
+    store.append((torch.zeros(4), ))
+    spilled = store._items[0][1]
+    torch.save((Payload(str(marker)), ), spilled)  # a file swapped in the spill folder
+    with pytest.raises(Exception):
+        store[0]
+    store.close()
+    assert not marker.exists()
+
+
+def test_a_flipped_tensor_is_detected(tmp_path, quantized):
+    float_model, model = quantized
+    path = str(tmp_path / 'q.pth')
+    mmq.save_quantized_state(model, path, QuantConfig(**FAST_QUANT))
+    mmq.load_quantized_state(copy.deepcopy(float_model), path)  # intact: loads
+    saved = torch.load(path, weights_only=True)
+    key = next(k for k in saved['state_dict'] if k.endswith('weight'))
+    saved['state_dict'][key].view(-1)[0] += 1.0
+    torch.save(saved, path)
+    with pytest.raises(ValueError, match='checksum'):
+        mmq.load_quantized_state(copy.deepcopy(float_model), path)
+    # Raw bytes flipped inside the file: refused either by the zip reader or the checksum.
+    mmq.save_quantized_state(model, path, QuantConfig(**FAST_QUANT))
+    data = bytearray(open(path, 'rb').read())
+    data[len(data) // 2] ^= 0xFF
+    open(path, 'wb').write(bytes(data))
+    with pytest.raises(ValueError, match='checksum|not a readable'):
+        mmq.load_quantized_state(copy.deepcopy(float_model), path)
+
+
+def test_a_state_saved_under_another_label_is_refused(tmp_path, quantized):
+    """A W4A4 model saved as W6A6 would reload as 6-bit quantizers with 4-bit scales."""
+    float_model, model = quantized
+    path = str(tmp_path / 'q.pth')
+    mmq.save_quantized_state(model, path, QuantConfig(**dict(FAST_QUANT, w_bits=6, a_bits=6)))
+    with pytest.raises(ValueError, match='do not describe it|differ'):
+        mmq.load_quantized_state(copy.deepcopy(float_model), path)
+
+
+def test_calibration_only_settings_do_not_block_loading(tmp_path, quantized):
+    float_model, model = quantized
+    path = str(tmp_path / 'q.pth')
+    mmq.save_quantized_state(model, path, QuantConfig(**FAST_QUANT))
+    mmq.load_quantized_state(copy.deepcopy(float_model), path,
+                             dict(FAST_QUANT, search_rows=1024, rounds=3))
+    with pytest.raises(ValueError, match='does not match'):
+        mmq.load_quantized_state(copy.deepcopy(float_model), path, dict(FAST_QUANT, w_bits=6))
+
+
+def test_a_partial_state_from_another_checkpoint_is_not_resumed(tmp_path, quantized):
+    _, model = quantized
+    path = str(tmp_path / 'partial.pth')
+    ident = dict(checkpoint_sha256='a' * 64, images=['x.png', 'y.png'], seed=0,
+                 mmq_version='0.1.0')
+    save_partial_state(model, path, QuantConfig(**FAST_QUANT), 1, [], identity=ident)
+    partial = load_partial_state(path)
+    check_identity(partial, dict(ident), path)  # the same run: resumes
+    with pytest.raises(ValueError, match='checkpoint_sha256'):
+        check_identity(partial, dict(ident, checkpoint_sha256='b' * 64), path)
+    with pytest.raises(ValueError, match='images'):
+        check_identity(partial, dict(ident, images=['z.png']), path)
+    save_partial_state(model, path, QuantConfig(**FAST_QUANT), 1, [])  # no identity saved
+    with pytest.raises(ValueError, match='does not say'):
+        check_identity(load_partial_state(path), ident, path)
+
+
+def test_a_second_run_in_a_locked_work_dir_stops(tmp_path):
+    with WorkDirLock(str(tmp_path)):
+        with pytest.raises(RuntimeError, match='another mmq run'):
+            with WorkDirLock(str(tmp_path)):
+                pass
+    with WorkDirLock(str(tmp_path)):  # released
+        pass
+
+
+@pytest.mark.parametrize('args,message', [
+    (['--num-images', '0'], 'at least 1 image'),
+])
+def test_quantize_tool_refuses_bad_arguments(tmp_path, args, message):
+    cfg = os.path.join(os.path.dirname(__file__), '..', 'configs', 'demo',
+                       'mask-rcnn_swin-demo_w4a4-adalog_shapes.py')
+    ckpt = os.path.join(os.path.dirname(__file__), '..', 'checkpoints', 'demo',
+                        'mask-rcnn_swin-demo_shapes.pth')
+    run = subprocess.run([sys.executable, TOOL, cfg, ckpt, '--work-dir', str(tmp_path)] + args,
+                         capture_output=True, text=True)
+    assert run.returncode != 0 and message in run.stderr, run.stderr[-2000:]
+
+
+def test_an_empty_checkpoint_gets_a_clear_error(tmp_path, quantized):
+    float_model, _ = quantized
+    for content in (b'', b'not a checkpoint\n'):
+        path = tmp_path / 'bad.pth'
+        path.write_bytes(content)
+        with pytest.raises(ValueError, match='cannot be read as tensors'):
+            check_checkpoint_matches(float_model, str(path))
