@@ -23,7 +23,8 @@ from torch import Tensor
 from .beam_search import (BeamStep, SearchResult, beam_search, chunk_for, grid_search,
                           repeat_each, spread, stack_params)
 from .log_quant import fake_quant_log
-from .objectives import Objective, self_mse
+from .fused_scores import uniform_self_mse
+from .objectives import Objective, SelfMSE, self_mse
 from .uniform import fake_quant_uniform, group_rows, param_shape, quantile_rows
 from .validation import LOG_BITS, UNIFORM_BITS, check_bits, check_finite
 
@@ -85,11 +86,25 @@ def uniform_init_grid(x: Tensor, bits: int, ch_axis: Optional[int], num_ranges: 
     return grid, spacing.to(x.dtype)
 
 
+def _group_dims(x: Tensor, ch_axis: Optional[int]) -> Tuple[int, ...]:
+    """Axes of ``(K, *x.shape)`` that a per-``ch_axis`` loss averages over."""
+    if ch_axis is None:
+        return tuple(range(1, x.dim() + 1))
+    axis = ch_axis % x.dim() + 1
+    return tuple(d for d in range(1, x.dim() + 1) if d != axis)
+
+
 def _uniform_score(x: Tensor, bits: int, ch_axis: Optional[int], objective: Objective):
+    fused = (isinstance(objective, SelfMSE) and objective.x is x
+             and objective.ch_axis == ch_axis)
+    dims = _group_dims(x, ch_axis)
 
     def score(cands: Tensor) -> Tensor:
         scale = _per_candidate(cands[..., 0], x, ch_axis)
         zp = _per_candidate(cands[..., 1], x, ch_axis)
+        if fused:  # one pass per candidate, no (K, *x.shape) intermediates
+            losses = uniform_self_mse(x.unsqueeze(0), scale, zp, float(2**bits - 1), dims)
+            return losses.reshape(losses.shape[0], -1).t()
         return objective(fake_quant_uniform(x.unsqueeze(0), scale, zp, bits)).t()
 
     return score
