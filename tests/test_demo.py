@@ -49,26 +49,55 @@ def test_committed_checkpoints_match_their_sha256():
         assert _sha(osp.join(ROOT, 'checkpoints/demo', name)) == digest
 
 
-@pytest.mark.parametrize('name', sorted(DEMOS))
-def test_demo_detector_quantizes_through_runner_test(name, tmp_path):
+def _run(name, data, work_dir, quant_cfg=None, num_images=4):
+    """Runner.test() of demo detector ``name`` on the generated split ``data``: float when
+    ``quant_cfg`` is None, else quantized through the calibration hook."""
     config, checkpoint = DEMOS[name]
-    data = str(tmp_path / 'data')
-    generate_shapes_coco(data, num_train=4, num_val=3, seed=11)
     cfg = Config.fromfile(osp.join(ROOT, config))
     cfg.load_from = osp.join(ROOT, checkpoint)
-    cfg.work_dir = str(tmp_path / 'work')
+    cfg.work_dir = work_dir
     for loader in ('train_dataloader', 'val_dataloader', 'test_dataloader'):
         cfg[loader].dataset.data_root = data + '/'
         cfg[loader].num_workers = 0
         cfg[loader].persistent_workers = False
     for ev in ('val_evaluator', 'test_evaluator'):
         cfg[ev].ann_file = osp.join(data, 'annotations/instances_val.json')
-    cfg.quant_cfg = dict(cfg.quant_cfg, **FAST_QUANT)
-    cfg.custom_hooks[0].num_images = 2
+    if quant_cfg is None:
+        cfg.custom_hooks = []
+    else:
+        cfg.quant_cfg = dict(cfg.quant_cfg, **quant_cfg)
+        cfg.custom_hooks[0].num_images = num_images
     cfg.log_level = 'WARNING'
     torch.manual_seed(0)
-    metrics = Runner.from_cfg(cfg).test()
-    for key in ('coco/bbox_mAP', 'coco/segm_mAP', 'coco/bbox_mAP_50', 'coco/segm_mAP_50'):
-        assert key in metrics
-        assert 0.0 <= metrics[key] <= 1.0
-    assert osp.isfile(osp.join(cfg.work_dir, 'quantized_state.pth'))
+    return Runner.from_cfg(cfg).test()
+
+
+@pytest.fixture(scope='module')
+def demo_split(tmp_path_factory):
+    """A fixed generated split: 8 train images (calibration), 24 val images (evaluation)."""
+    data = str(tmp_path_factory.mktemp('demo_split'))
+    generate_shapes_coco(data, num_train=8, num_val=24, seed=11)
+    return data
+
+
+@pytest.mark.parametrize('name', sorted(DEMOS))
+def test_demo_detector_keeps_its_accuracy_at_w4a4(name, demo_split, tmp_path):
+    """W4A4 AdaLog + FPCS (reduced CI schedule, 4 calibration images) through Runner.test()
+    keeps >= 90 % of the float box and mask AP on the same 24 images."""
+    fp = _run(name, demo_split, str(tmp_path / 'float'))
+    q = _run(name, demo_split, str(tmp_path / 'w4a4'), FAST_QUANT)
+    for key in ('coco/bbox_mAP', 'coco/segm_mAP'):
+        assert fp[key] > 0.3, fp  # the committed detector works on this split
+        assert q[key] >= 0.9 * fp[key], (key, fp[key], q[key])
+    assert osp.isfile(osp.join(str(tmp_path / 'w4a4'), 'quantized_state.pth'))
+
+
+def test_fpcs_beats_minmax_on_the_demo_vit_at_w3a3(demo_split, tmp_path):
+    """The FPCS search must do better than the MinMax ranges it starts beyond (measured on
+    the full val split: 0.556 vs 0.239 box AP)."""
+    w3a3 = dict(FAST_QUANT, w_bits=3, a_bits=3)
+    fpcs = _run('vit', demo_split, str(tmp_path / 'fpcs'), w3a3)
+    minmax = _run('vit', demo_split, str(tmp_path / 'minmax'),
+                  dict(w3a3, calibrator='minmax', softmax='uniform', gelu='uniform'))
+    assert fpcs['coco/bbox_mAP'] > minmax['coco/bbox_mAP'] + 0.05, (fpcs, minmax)
+    assert fpcs['coco/segm_mAP'] > minmax['coco/segm_mAP'] + 0.05, (fpcs, minmax)
