@@ -150,3 +150,28 @@ def test_an_empty_checkpoint_gets_a_clear_error(tmp_path, quantized):
         path.write_bytes(content)
         with pytest.raises(ValueError, match='cannot be read as tensors'):
             check_checkpoint_matches(float_model, str(path))
+
+
+def test_role_bits_are_applied_and_survive_save_and_load(tmp_path, quantized):
+    """W4A4 with the post-Softmax and LayerNorm-input roles at 8 bits: the quantizers say so,
+    and a saved state reloads with the same layout (and is refused under plain W4A4)."""
+    float_model, _ = quantized
+    cfg = dict(FAST_QUANT, role_bits=dict(post_softmax=8, ln_input=8))
+    model = copy.deepcopy(float_model)
+    g = torch.Generator().manual_seed(0)
+    mmq.quantize(model, [torch.randn(2, 3, 32, 32, generator=g)], cfg)
+    blk = model.blocks[0]
+    assert blk.attn.av_matmul.a_quantizer.bits == 8 and blk.attn.av_matmul.b_quantizer.bits == 4
+    assert blk.attn.qkv.input_quantizer.bits == 8 and blk.mlp.fc1.input_quantizer.bits == 8
+    assert blk.attn.proj.input_quantizer.bits == 4 and blk.mlp.fc2.input_quantizer.bits == 4
+    assert blk.attn.qk_matmul.a_quantizer.bits == 4
+    path = str(tmp_path / 'q.pth')
+    mmq.save_quantized_state(model, path, QuantConfig(**cfg))
+    fresh = copy.deepcopy(float_model)
+    mmq.load_quantized_state(fresh, path)
+    assert fresh.blocks[0].attn.qkv.input_quantizer.bits == 8
+    mmq.save_quantized_state(model, path, QuantConfig(**FAST_QUANT))  # mislabelled
+    with pytest.raises(ValueError, match='does not describe it'):
+        mmq.load_quantized_state(copy.deepcopy(float_model), path)
+    with pytest.raises(ValueError, match='unknown role'):
+        QuantConfig(role_bits=dict(attention=8))

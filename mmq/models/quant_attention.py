@@ -28,8 +28,9 @@ def _adopt(cls, module: nn.Module):
 
 def attach_matmuls(module: nn.Module, qcfg: QuantConfig) -> None:
     """Add ``qk_matmul`` (q, k per head) and ``av_matmul`` (post-Softmax, v per head)."""
-    module.qk_matmul = QuantMatMul(qcfg.activation(ch_axis=1), qcfg.activation(ch_axis=1))
-    module.av_matmul = QuantMatMul(qcfg.post_softmax(), qcfg.activation(ch_axis=1))
+    module.qk_matmul = QuantMatMul(qcfg.activation(ch_axis=1, role='qk'),
+                                   qcfg.activation(ch_axis=1, role='qk'))
+    module.av_matmul = QuantMatMul(qcfg.post_softmax(), qcfg.activation(ch_axis=1, role='v'))
 
 
 @MODELS.register_module()

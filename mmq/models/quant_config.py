@@ -1,7 +1,7 @@
 """What to quantize and how: bit widths, the quantizer of each activation role, and the
 calibration options. Configs give it as a plain dict (``quant_cfg=dict(...)``)."""
 from dataclasses import asdict, dataclass, field, fields
-from typing import List, Optional
+from typing import Dict, List, Optional
 
 from mmq.quantizers import (GELU_SHIFT, AdaLogQuantizer, FPCSCalibrator, Log2Quantizer,
                             LogSqrt2Quantizer, MinMaxCalibrator, PercentileCalibrator,
@@ -13,6 +13,8 @@ from .aphq_options import MROptions, ReconstructOptions, build_options, check_st
 POWER_LAW_QUANTIZERS = ('adalog', 'log2', 'logsqrt2', 'uniform')
 CALIBRATORS = ('fpcs', 'minmax', 'percentile')
 SCOPES = ('backbone', 'detector')
+# Activation roles whose bit width ``role_bits`` can set apart from ``a_bits``.
+ROLES = ('ln_input', 'qk', 'v', 'post_softmax', 'proj_input', 'post_gelu', 'other')
 
 
 @dataclass
@@ -48,6 +50,11 @@ class QuantConfig:
         stages: Calibration stages in order, a subset of ['mr', 'calibrate', 'reconstruct']
             that includes 'calibrate' (APHQ: all three).
         mr: Options of the 'mr' stage (:class:`mmq.models.aphq_options.MROptions`).
+        role_bits: Bit widths per activation role, overriding ``a_bits`` (mixed precision /
+            ablations): 'ln_input' (qkv, fc1 and patch-merging inputs, after LayerNorm), 'qk'
+            (q and k of ``q @ k^T``), 'v', 'post_softmax', 'proj_input' (the attention
+            output projection's input), 'post_gelu' (fc2's input, post-ReLU after MR),
+            'other' (every other Linear / Conv input: pyramid, neck, heads).
         reconstruct: Options of the 'reconstruct' stage
             (:class:`mmq.models.aphq_options.ReconstructOptions`).
     """
@@ -71,6 +78,7 @@ class QuantConfig:
     stages: List[str] = field(default_factory=lambda: ['calibrate'])
     mr: Optional[dict] = None
     reconstruct: Optional[dict] = None
+    role_bits: Optional[Dict[str, int]] = None
 
     def __post_init__(self) -> None:
         self.stages = list(check_stages(self.stages))
@@ -78,6 +86,16 @@ class QuantConfig:
         self.reconstruct_options()
         check_bits(self.w_bits, UNIFORM_BITS, 'w_bits')
         check_bits(self.a_bits, UNIFORM_BITS, 'a_bits')
+        if self.role_bits is not None:
+            if not isinstance(self.role_bits, dict):
+                raise ValueError(f'quant_cfg.role_bits={self.role_bits!r} must be a dict '
+                                 f'{{role: bits}} with roles from {ROLES}.')
+            self.role_bits = dict(self.role_bits)
+            for role, bits in self.role_bits.items():
+                if role not in ROLES:
+                    raise ValueError(f'quant_cfg.role_bits: unknown role {role!r}; roles: '
+                                     f'{ROLES}.')
+                check_bits(bits, UNIFORM_BITS, f'role_bits.{role}')
         for name, allowed in (('softmax', POWER_LAW_QUANTIZERS), ('gelu', POWER_LAW_QUANTIZERS),
                               ('calibrator', CALIBRATORS), ('scope', SCOPES),
                               ('dequant', ('table', 'exact'))):
@@ -126,20 +144,27 @@ class QuantConfig:
     def weight(self) -> UniformQuantizer:
         return UniformQuantizer(self.w_bits, ch_axis=0)
 
-    def activation(self, ch_axis: Optional[int] = None) -> UniformQuantizer:
-        return UniformQuantizer(self.a_bits, ch_axis=ch_axis)
+    def bits_for(self, role: str) -> int:
+        """The activation bit width of ``role`` (``role_bits``, else ``a_bits``)."""
+        if role not in ROLES:
+            raise ValueError(f'unknown activation role {role!r}; roles: {ROLES}.')
+        return (self.role_bits or {}).get(role, self.a_bits)
 
-    def _power_law(self, kind: str, **log_kwargs):
+    def activation(self, ch_axis: Optional[int] = None, role: str = 'other') -> UniformQuantizer:
+        return UniformQuantizer(self.bits_for(role), ch_axis=ch_axis)
+
+    def _power_law(self, kind: str, role: str, **log_kwargs):
+        bits = self.bits_for(role)
         if kind == 'uniform':
-            return UniformQuantizer(self.a_bits)
+            return UniformQuantizer(bits)
         cls = dict(adalog=AdaLogQuantizer, log2=Log2Quantizer, logsqrt2=LogSqrt2Quantizer)[kind]
-        return cls(self.a_bits, dequant=self.dequant, **log_kwargs)
+        return cls(bits, dequant=self.dequant, **log_kwargs)
 
     def post_softmax(self):
-        return self._power_law(self.softmax, fixed_scale=1.0)
+        return self._power_law(self.softmax, 'post_softmax', fixed_scale=1.0)
 
     def post_relu(self) -> UniformQuantizer:
-        return UniformQuantizer(self.a_bits, fixed_zero_point=0)
+        return UniformQuantizer(self.bits_for('post_gelu'), fixed_zero_point=0)
 
     def post_gelu(self):
-        return self._power_law(self.gelu, shift=GELU_SHIFT)
+        return self._power_law(self.gelu, 'post_gelu', shift=GELU_SHIFT)

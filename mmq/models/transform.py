@@ -8,7 +8,7 @@ stays float; ConvTranspose2d, LayerNorm, Softmax and GELU stay float.
 """
 from typing import Dict, Iterable
 
-from mmcv.cnn.bricks.transformer import FFN, PatchEmbed
+from mmcv.cnn.bricks.transformer import FFN, PatchEmbed, PatchMerging
 from mmdet.models.backbones.swin import ShiftWindowMSA, WindowMSA
 from timm.layers import Attention, HybridEmbed, Mlp
 from timm.layers import PatchEmbed as TimmPatchEmbed
@@ -28,7 +28,15 @@ def _input_roles(model: nn.Module) -> Dict[int, str]:
     """Which layers' inputs are special, found from the types around them."""
     roles: Dict[int, str] = {}
     for module in model.modules():
+        if isinstance(module, (Attention, WindowMSA)):
+            roles[id(module.qkv)] = 'ln_input'
+            roles[id(module.proj)] = 'proj_input'
+        elif isinstance(module, PatchMerging):
+            roles[id(module.reduction)] = 'ln_input'
         if isinstance(module, FFN):
+            first = module.layers[0] if len(module.layers) else None
+            if isinstance(first, nn.Sequential) and isinstance(first[0], nn.Linear):
+                roles[id(first[0])] = 'ln_input'
             # layers = [Sequential(fc1, act, Dropout), ..., fc_last, Dropout]: a Linear that
             # follows a Sequential ending in (GELU, Dropout) takes post-GELU input.
             act = None
@@ -37,9 +45,10 @@ def _input_roles(model: nn.Module) -> Dict[int, str]:
                     act = layer[-2]
                 elif isinstance(layer, nn.Linear) and isinstance(act, (nn.GELU, nn.ReLU)):
                     roles[id(layer)] = 'gelu' if isinstance(act, nn.GELU) else 'relu'
-        elif isinstance(module, Mlp) and isinstance(module.act, (nn.GELU, nn.ReLU)) and isinstance(
-                module.norm, nn.Identity):
-            roles[id(module.fc2)] = 'gelu' if isinstance(module.act, nn.GELU) else 'relu'
+        elif isinstance(module, Mlp) and isinstance(module.norm, nn.Identity):
+            roles[id(module.fc1)] = 'ln_input'
+            if isinstance(module.act, (nn.GELU, nn.ReLU)):
+                roles[id(module.fc2)] = 'gelu' if isinstance(module.act, nn.GELU) else 'relu'
         elif isinstance(module, PatchEmbed):
             roles[id(module.projection)] = 'image'
         elif isinstance(module, TimmPatchEmbed):
@@ -58,7 +67,7 @@ def _input_quantizer(role: str, qcfg: QuantConfig):
         return qcfg.post_gelu()
     if role == 'relu':
         return qcfg.post_relu()
-    return qcfg.activation()
+    return qcfg.activation(role=role if role in ('ln_input', 'proj_input') else 'other')
 
 
 def _swap(module: nn.Module, roles: Dict[int, str], qcfg: QuantConfig) -> nn.Module:
