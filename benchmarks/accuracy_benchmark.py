@@ -25,11 +25,16 @@ DETECTORS = dict(
     swin=('configs/demo/mask-rcnn_swin-demo_fpn_shapes.py',
           'checkpoints/demo/mask-rcnn_swin-demo_shapes.pth'),
     vit=('configs/demo/mask-rcnn_vit-demo_fpn_shapes.py',
-         'checkpoints/demo/mask-rcnn_vit-demo_shapes.pth'))
+         'checkpoints/demo/mask-rcnn_vit-demo_shapes.pth'),
+    dinov2=('configs/demo/mask-rcnn_dinov2-vits14_fpn_shapes.py',
+            'checkpoints/demo/mask-rcnn_dinov2-vits14_shapes.pth'))
+DEFAULT_DETECTORS = ['swin', 'vit']  # dinov2 rows cost minutes each: ask for them by name
 # Short CPU schedules of the APHQ stages (published: MR 1000+ steps, reconstruction 20,000
 # steps x 32 images per block).
 MR_DEMO = dict(iters=100, batch=512, rows=4096, lr=1e-3, aph_images=8)
-REC_DEMO = dict(iters=50, batch=2, lr=4e-5, round_lr=1e-2, aph_images=8)
+# Rounding variables move at most ~round_lr per Adam step: published 1e-3 x 20,000 steps; the
+# short schedule keeps the product (300 x 0.1 = 30) so that every h(V) settles at 0 or 1.
+REC_DEMO = dict(iters=300, batch=2, lr=4e-5, round_lr=0.1, aph_images=8)
 UNIFORM = dict(softmax='uniform', gelu='uniform')
 METHODS = {
     'uniform-minmax': dict(UNIFORM, calibrator='minmax'),
@@ -39,14 +44,38 @@ METHODS = {
     'adalog-fpcs+rec': dict(stages=['calibrate', 'reconstruct'], reconstruct=REC_DEMO),
     'adalog-fpcs+mr+rec': dict(stages=['mr', 'calibrate', 'reconstruct'], mr=MR_DEMO,
                                reconstruct=REC_DEMO),
+    # Activation ablation (issue: which 4-bit activation role costs most): 8-bit weights, or
+    # one activation role at 8 bits.
+    'adalog-fpcs-w8': dict(w_bits=8),
+    **{f'adalog-fpcs-{role}8': dict(role_bits={role: 8})
+       for role in ('ln_input', 'qk', 'v', 'post_softmax', 'proj_input', 'post_gelu', 'other')},
 }
+# Suffixes: '@detector' quantizes the FPN / RPN / RoI heads too (scope='detector'); '#sN'
+# draws the calibration images and row samples with seed N (rerun noise).
+
+
+def split_method(method: str):
+    """(base method, scope, seed) of a method name with optional suffixes."""
+    seed = None
+    if '#s' in method:
+        method, _, tail = method.partition('#s')
+        seed = int(tail)
+    scope = 'backbone'
+    if method.endswith('@detector'):
+        method, scope = method[:-len('@detector')], 'detector'
+    if method not in METHODS:
+        raise SystemExit(f'unknown method {method!r}; known: {list(METHODS)} (+ @detector, #sN)')
+    return method, scope, seed
 
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument('--detectors', nargs='+', default=list(DETECTORS), choices=DETECTORS)
-    parser.add_argument('--bits', nargs='+', type=int, default=[3, 4, 6], choices=[3, 4, 6])
-    parser.add_argument('--methods', nargs='+', default=list(METHODS), choices=METHODS)
+    parser.add_argument('--detectors', nargs='+', default=DEFAULT_DETECTORS, choices=DETECTORS)
+    parser.add_argument('--bits', nargs='+', type=int, default=[3, 4, 6], choices=[3, 4, 6, 8])
+    parser.add_argument('--methods', nargs='+',
+                        default=[m for m in METHODS if m.startswith(('uniform', 'adalog-fpcs+'))]
+                        + ['adalog-fpcs'],
+                        help='methods of METHODS, optionally suffixed @detector and/or #sN')
     parser.add_argument('--stage-bits', nargs='+', type=int, default=[3, 4],
                         help='bit widths the +mr / +rec methods run at (minutes each on a CPU)')
     parser.add_argument('--reconstruct-detectors', nargs='+', default=list(DETECTORS),
@@ -57,12 +86,17 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
-def _row_config(path: str, detector_cfg: str, bits: int, method: str) -> None:
+def _row_config(path: str, detector_cfg: str, bits: int, method: str, num_images: int) -> None:
+    base, scope, seed = split_method(method)
+    quant = dict(w_bits=bits, a_bits=bits, softmax='adalog', gelu='adalog', calibrator='fpcs',
+                 scope=scope, **({} if seed is None else dict(seed=seed)))
+    quant.update(METHODS[base])
     text = (f"_base_ = [{osp.join(ROOT, detector_cfg)!r},\n"
-            f"          {osp.join(ROOT, f'configs/_base_/quant/w{bits}a{bits}_adalog.py')!r}]\n"
-            f'quant_cfg = dict(_delete_=True, **{{**dict(w_bits={bits}, a_bits={bits}, '
-            f"softmax='adalog', gelu='adalog', calibrator='fpcs', scope='backbone'), "
-            f'**{METHODS[method]!r}}})\n')
+            f"          {osp.join(ROOT, 'configs/_base_/quant/w4a4_adalog.py')!r}]\n"
+            f'quant_cfg = dict(_delete_=True, **{quant!r})\n')
+    if seed is not None:
+        text += (f"custom_hooks = [dict(type='mmq.QuantCalibrationHook', "
+                 f'num_images={num_images}, seed={seed})]\n')
     _write_if_changed(path, text)
 
 
@@ -115,6 +149,21 @@ def _row(detector: str, bits, method: str, result: dict) -> dict:
                 calibration_seconds=result.get('calibration_seconds'),
                 stage_seconds=result.get('stage_seconds'), peak_rss_mb=result['peak_rss_mb'],
                 wall_seconds=result['seconds'])
+
+
+def _merge(path: str, rows: list) -> list:
+    """``rows`` plus the rows of an earlier ``accuracy.json`` that this run did not redo (a run
+    of one detector keeps the others' rows), ordered by detector, bits, method."""
+    key = lambda r: (r['detector'], r['bits'], r['method'])  # noqa: E731
+    merged = {}
+    if osp.isfile(path):
+        with open(path) as f:
+            merged = {key(r): r for r in json.load(f)['rows']}
+    merged.update({key(r): r for r in rows})
+    order = list(DETECTORS)
+    return sorted(merged.values(),
+                  key=lambda r: (order.index(r['detector']) if r['detector'] in order else 99,
+                                 r['bits'] or 0, r['method']))
 
 
 def _markdown(rows: list) -> str:
@@ -191,12 +240,12 @@ def main() -> None:
             cmd = [py, 'tools/test.py', cfg_file, ckpt, '--work-dir', work_dir]
         else:
             row_cfg = osp.join(work_dir, 'config.py')
-            _row_config(row_cfg, cfg_file, bits, method)
+            _row_config(row_cfg, cfg_file, bits, method, args.num_images)
             cmd = [py, 'tools/quantize.py', row_cfg, ckpt, '--work-dir', work_dir,
                    '--num-images', str(args.num_images)]
-            if method.endswith('+rec'):
+            if '+rec' in method:
                 # Same calibration as the row without '+rec': start from its saved stage.
-                base = osp.join(args.out, det, f'w{bits}a{bits}_{method[:-4]}',
+                base = osp.join(args.out, det, f"w{bits}a{bits}_{method.replace('+rec', '')}",
                                 'stage_calibrate.pth')
                 if osp.isfile(base):
                     cmd += ['--resume-from', base]
@@ -204,6 +253,7 @@ def main() -> None:
         print(f"{label}: box AP {row['bbox_mAP']:.3f}, mask AP {row['segm_mAP']:.3f}",
               flush=True)
         rows.append(row)
+        rows = _merge(osp.join(args.out, 'accuracy.json'), rows)
         with open(osp.join(args.out, 'accuracy.json'), 'w') as f:
             json.dump(dict(rows=rows, methods=METHODS, command=' '.join(sys.argv)), f, indent=1)
     with open(osp.join(args.out, 'accuracy.md'), 'w') as f:

@@ -41,10 +41,15 @@ def test_generator_is_deterministic_and_valid_coco(tmp_path):
         assert {x['category_id'] for x in anns} <= {1, 2, 3, 4, 5}
 
 
+DINOV2 = ('configs/demo/mask-rcnn_dinov2-vits14_fpn_shapes.py',
+          'checkpoints/demo/mask-rcnn_dinov2-vits14_shapes.pth')
+
+
 def test_committed_checkpoints_match_their_sha256():
     sums = osp.join(ROOT, 'checkpoints/demo/SHA256SUMS')
     lines = [line.split() for line in open(sums) if line.strip()]
-    assert {name for _, name in lines} == {osp.basename(c) for _, c in DEMOS.values()}
+    assert {name for _, name in lines} == {
+        osp.basename(c) for _, c in list(DEMOS.values()) + [DINOV2]}
     for digest, name in lines:
         assert _sha(osp.join(ROOT, 'checkpoints/demo', name)) == digest
 
@@ -101,3 +106,55 @@ def test_fpcs_beats_minmax_on_the_demo_vit_at_w3a3(demo_split, tmp_path):
                   dict(w3a3, calibrator='minmax', softmax='uniform', gelu='uniform'))
     assert fpcs['coco/bbox_mAP'] > minmax['coco/bbox_mAP'] + 0.05, (fpcs, minmax)
     assert fpcs['coco/segm_mAP'] > minmax['coco/segm_mAP'] + 0.05, (fpcs, minmax)
+
+
+def _dinov2_cfg(data: str, work_dir: str, depth: int = None) -> Config:
+    cfg = Config.fromfile(osp.join(ROOT, DINOV2[0]))
+    cfg.work_dir = work_dir
+    for loader in ('train_dataloader', 'val_dataloader', 'test_dataloader'):
+        cfg[loader].dataset.data_root = data + '/'
+        cfg[loader].num_workers = 0
+        cfg[loader].persistent_workers = False
+    for ev in ('val_evaluator', 'test_evaluator'):
+        cfg[ev].ann_file = osp.join(data, 'annotations/instances_val.json')
+    if depth is not None:
+        cfg.model.backbone.update(depth=depth, frozen_blocks=depth)
+    cfg.log_level = 'WARNING'
+    return cfg
+
+
+def test_dinov2_config_quantizes_through_runner_test(demo_split, tmp_path):
+    """The real-backbone demo config (DINOv2 ViT-S/14 layout: patch 14 resized to stride 16,
+    class token, LayerScale), random weights cut to 2 blocks, quantized at W4A4 through
+    Runner.test() (the full 12-block run is the slow test below)."""
+    cfg = _dinov2_cfg(demo_split, str(tmp_path / 'work'), depth=2)
+    cfg.model.backbone.pretrained = None
+    cfg.quant_cfg = dict(FAST_QUANT)
+    cfg.custom_imports = dict(imports=['mmq'], allow_failed_imports=False)
+    cfg.custom_hooks = [dict(type='mmq.QuantCalibrationHook', num_images=2,
+                             require_checkpoint=False)]
+    torch.manual_seed(0)
+    metrics = Runner.from_cfg(cfg).test()
+    assert {'coco/bbox_mAP', 'coco/segm_mAP'} <= set(metrics)
+    report = __import__('json').load(open(osp.join(cfg.work_dir, 'calibration_report.json')))
+    assert [u['unit'] for u in report['units']][:3] == ['vit.patch_embed', 'vit.blocks.0',
+                                                        'vit.blocks.1']
+
+
+@pytest.mark.slow
+def test_committed_dinov2_detector_keeps_its_accuracy_at_w6a6(demo_split, tmp_path):
+    """The committed DINOv2 detector (full depth) at W6A6 keeps >= 90 % of its float AP."""
+    fp_cfg = _dinov2_cfg(demo_split, str(tmp_path / 'float'))
+    fp_cfg.model.backbone.pretrained = None
+    fp_cfg.load_from = osp.join(ROOT, DINOV2[1])
+    torch.manual_seed(0)
+    fp = Runner.from_cfg(fp_cfg).test()
+    q_cfg = _dinov2_cfg(demo_split, str(tmp_path / 'w6a6'))
+    q_cfg.model.backbone.pretrained = None
+    q_cfg.load_from = osp.join(ROOT, DINOV2[1])
+    q_cfg.quant_cfg = dict(FAST_QUANT, w_bits=6, a_bits=6)
+    q_cfg.custom_imports = dict(imports=['mmq'], allow_failed_imports=False)
+    q_cfg.custom_hooks = [dict(type='mmq.QuantCalibrationHook', num_images=4)]
+    q = Runner.from_cfg(q_cfg).test()
+    for key in ('coco/bbox_mAP', 'coco/segm_mAP'):
+        assert q[key] >= 0.9 * fp[key], (key, fp[key], q[key])
