@@ -47,6 +47,8 @@ METHODS = {
     # Activation ablation (issue: which 4-bit activation role costs most): 8-bit weights, or
     # one activation role at 8 bits.
     'adalog-fpcs-w8': dict(w_bits=8),
+    # Outlier-aware row sampling: a quarter of the search rows are the largest tokens.
+    'adalog-fpcs-outliers': dict(search_outliers=0.25),
     **{f'adalog-fpcs-{role}8': dict(role_bits={role: 8})
        for role in ('ln_input', 'qk', 'v', 'post_softmax', 'proj_input', 'post_gelu', 'other')},
 }

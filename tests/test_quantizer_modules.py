@@ -116,3 +116,20 @@ def test_matmul_query_subsample_keeps_exact_output_rows():
         assert torch.allclose(out[i], full[j][:, rows])
     whole, _ = mm.sample_inputs((attn, v), 4, torch.Generator().manual_seed(0), queries=40)
     assert whole.shape == (4, 3, 40, 40)
+
+
+def test_outlier_aware_sampling_always_keeps_the_largest_rows():
+    from mmq.models.quant_linear import sample_rows
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(1000, 16, generator=g)
+    big = torch.tensor([3, 500, 999])
+    x[big] *= 100
+    for seed in range(5):
+        rows = sample_rows(x, 32, torch.Generator().manual_seed(seed), outliers=4)
+        assert rows.shape == (32, 16)
+        for i in big:  # every outlier row is in the sample, whatever the seed
+            assert (rows == x[i]).all(dim=1).any()
+        assert len({tuple(r.tolist()) for r in rows}) == 32  # no row twice
+    plain = sample_rows(x, 32, torch.Generator().manual_seed(1))
+    again = sample_rows(x, 32, torch.Generator().manual_seed(1))
+    assert torch.equal(plain, again)  # seeded

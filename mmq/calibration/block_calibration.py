@@ -75,6 +75,7 @@ def capture_samples(layers: List[nn.Module], run_all: Callable[[], int], qcfg: Q
                     generator: torch.Generator, num_items: int) -> Dict[int, object]:
     """Seeded input samples of ``layers`` while ``run_all()`` feeds ``num_items`` items."""
     rows = max(1, math.ceil(qcfg.search_rows / num_items))
+    outliers = int(round(rows * qcfg.search_outliers))
     windows = max(1, math.ceil(qcfg.search_windows / num_items))
     got: Dict[int, list] = {id(layer): [] for layer in layers}
 
@@ -83,7 +84,7 @@ def capture_samples(layers: List[nn.Module], run_all: Callable[[], int], qcfg: Q
             got[id(layer)].append(
                 layer.sample_inputs(args, windows, generator, queries=qcfg.search_queries))
         else:
-            got[id(layer)].append(layer.sample_inputs(args, rows, generator))
+            got[id(layer)].append(layer.sample_inputs(args, rows, generator, outliers))
 
     handles = [layer.register_forward_pre_hook(hook) for layer in layers]
     try:

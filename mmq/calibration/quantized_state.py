@@ -100,7 +100,7 @@ def _eval_fields(cfg: dict) -> dict:
     """The fields evaluation depends on (calibration-time settings excluded)."""
     calib_only = {'search_rows', 'search_windows', 'search_queries', 'rounds', 'seed',
                   'uniform_schedule', 'log_schedule', 'calibrator', 'mr', 'reconstruct',
-                  'percentile'}
+                  'percentile', 'search_outliers'}
     return {k: v for k, v in cfg.items() if k not in calib_only}
 
 

@@ -50,6 +50,9 @@ class QuantConfig:
         stages: Calibration stages in order, a subset of ['mr', 'calibrate', 'reconstruct']
             that includes 'calibrate' (APHQ: all three).
         mr: Options of the 'mr' stage (:class:`mmq.models.aphq_options.MROptions`).
+        search_outliers: Fraction of each image's ``search_rows`` share reserved for its rows
+            of largest magnitude (outlier tokens; beyond the published method, which scores
+            every token); the rest are sampled at random.
         role_bits: Bit widths per activation role, overriding ``a_bits`` (mixed precision /
             ablations): 'ln_input' (qkv, fc1 and patch-merging inputs, after LayerNorm), 'qk'
             (q and k of ``q @ k^T``), 'v', 'post_softmax', 'proj_input' (the attention
@@ -69,6 +72,7 @@ class QuantConfig:
     search_rows: int = 256
     search_windows: int = 32
     search_queries: int = 64
+    search_outliers: float = 0.0
     dequant: str = 'table'
     fold_gelu_shift: bool = True
     percentile: float = 0.9999
@@ -86,6 +90,10 @@ class QuantConfig:
         self.reconstruct_options()
         check_bits(self.w_bits, UNIFORM_BITS, 'w_bits')
         check_bits(self.a_bits, UNIFORM_BITS, 'a_bits')
+        if isinstance(self.search_outliers, bool) or not (
+                isinstance(self.search_outliers, (int, float)) and 0 <= self.search_outliers <= 1):
+            raise ValueError(f'quant_cfg.search_outliers={self.search_outliers!r} must be a '
+                             'fraction in [0, 1].')
         if self.role_bits is not None:
             if not isinstance(self.role_bits, dict):
                 raise ValueError(f'quant_cfg.role_bits={self.role_bits!r} must be a dict '

@@ -46,13 +46,15 @@ class QuantConv2d(nn.Conv2d):
         return self._conv_forward(x, w, self.bias)
 
     # calibration -------------------------------------------------------------------------
-    def sample_inputs(self, args: tuple, num: int, generator: torch.Generator) -> Tensor:
+    def sample_inputs(self, args: tuple, num: int, generator: torch.Generator,
+                      outliers: int = 0) -> Tensor:
         x = args[0].detach()
         if self.padding_mode != 'zeros' or isinstance(self.padding, str):
             raise ValueError(f'QuantConv2d calibration needs numeric zero padding, got '
                              f'padding={self.padding!r}, padding_mode={self.padding_mode!r}.')
         patches = F.unfold(x, self.kernel_size, self.dilation, self.padding, self.stride)
-        return sample_rows(patches.transpose(1, 2).reshape(-1, patches.shape[1]), num, generator)
+        return sample_rows(patches.transpose(1, 2).reshape(-1, patches.shape[1]), num, generator,
+                           outliers)
 
     def calibration_problem(self, rows: Tensor) -> CalibrationProblem:
         out_ch = self.out_channels

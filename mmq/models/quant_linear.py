@@ -12,12 +12,22 @@ from mmq.quantizers.base_quantizer import BaseQuantizer
 from mmq.registry import MODELS
 
 
-def sample_rows(x: Tensor, num: int, generator: torch.Generator) -> Tensor:
-    """A seeded subsample of ``num`` rows of ``x`` (``(rows, features)``)."""
+def sample_rows(x: Tensor, num: int, generator: torch.Generator, outliers: int = 0) -> Tensor:
+    """A seeded subsample of ``num`` rows of ``x`` (``(rows, features)``): the ``outliers``
+    rows of largest max-abs value (e.g. DINOv2's high-norm tokens, which a random sample
+    can miss), then a random sample of the others."""
     if x.shape[0] <= num:
         return x
-    idx = torch.randperm(x.shape[0], generator=generator)[:num]
-    return x[idx]
+    outliers = min(max(0, outliers), num)
+    if outliers == 0:
+        idx = torch.randperm(x.shape[0], generator=generator)[:num]
+        return x[idx]
+    top = x.abs().amax(dim=1).topk(outliers).indices
+    rest = torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
+    rest[top] = False
+    others = rest.nonzero().squeeze(1)
+    pick = torch.randperm(others.numel(), generator=generator)[:num - outliers]
+    return x[torch.cat([top, others[pick.to(others.device)]])]
 
 
 @MODELS.register_module()
@@ -88,8 +98,10 @@ class QuantLinear(nn.Linear):
         return F.linear(x, weight, bias)
 
     # calibration -------------------------------------------------------------------------
-    def sample_inputs(self, args: tuple, num: int, generator: torch.Generator) -> Tensor:
-        return sample_rows(args[0].detach().reshape(-1, self.in_features), num, generator)
+    def sample_inputs(self, args: tuple, num: int, generator: torch.Generator,
+                      outliers: int = 0) -> Tensor:
+        return sample_rows(args[0].detach().reshape(-1, self.in_features), num, generator,
+                           outliers)
 
     def calibration_problem(self, rows: Tensor) -> CalibrationProblem:
         return CalibrationProblem(
