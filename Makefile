@@ -2,7 +2,7 @@
 PYTHON ?= python3
 export PYTHON
 
-.PHONY: install test demo smoke data benchmark-quantizers benchmark-accuracy
+.PHONY: install test demo demo-dinov2 smoke data benchmark-quantizers benchmark-accuracy
 
 install:
 	bash tools/install.sh
@@ -19,6 +19,14 @@ smoke: install
 # quantized box / mask AP (generates data/shapes first when it is absent).
 demo: install
 	$(PYTHON) tools/demo.py
+
+# The same on the real-backbone demo detector (DINOv2 ViT-S/14 Mask R-CNN, committed with its
+# backbone: no ONNX conversion needed).
+demo-dinov2: install
+	$(PYTHON) tools/demo.py --float-config configs/demo/mask-rcnn_dinov2-vits14_fpn_shapes.py \
+		--config configs/demo/mask-rcnn_dinov2-vits14_w4a4-adalog_shapes.py \
+		--checkpoint checkpoints/demo/mask-rcnn_dinov2-vits14_shapes.pth \
+		--work-dir work_dirs/demo_dinov2_w4a4
 
 data: install
 	@test -f data/shapes/annotations/instances_val.json || \

@@ -163,6 +163,9 @@ def mlp_reconstruction(model: nn.Module, backbone: nn.Module, forward: Callable,
                 return float(_mr_loss(mlp, x, target, h_rows, ub, opts.clamp_weight))
 
         curve = [full_loss()]
+        was_trainable = [p.requires_grad for p in params]
+        for p in params:  # a frozen backbone (frozen_blocks) is trained here all the same
+            p.requires_grad_(True)
         with torch.enable_grad():
             for it in range(opts.iters):
                 idx = torch.randint(0, x.shape[0], (min(opts.batch, x.shape[0]), ),
@@ -174,8 +177,9 @@ def mlp_reconstruction(model: nn.Module, backbone: nn.Module, forward: Callable,
                 schedule.step()
                 if (it + 1) % every == 0 or it + 1 == opts.iters:
                     curve.append(full_loss())
-        for p in params:
+        for p, trainable in zip(params, was_trainable):
             p.grad = None
+            p.requires_grad_(trainable)
         reports.append(dict(mlp=k, ub=ub, loss_start=curve[0], loss_end=curve[-1],
                             loss_curve=curve, aph=aph_stats(h),
                             seconds=time.perf_counter() - t0))
