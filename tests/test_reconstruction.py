@@ -127,3 +127,27 @@ def test_reconstruction_after_mr_targets_the_original_gelu_model(monkeypatch):
     torch.testing.assert_close(seen['blocks.0'][1], x1, rtol=0, atol=1e-5)
     torch.testing.assert_close(seen['blocks.1'][0], x1, rtol=0, atol=1e-5)
     torch.testing.assert_close(seen['blocks.1'][1], x2, rtol=0, atol=1e-5)
+
+
+def test_aph_keeps_token_structure_with_mixed_image_sizes():
+    """Images of two sizes: one token x channel map per size (not a channel profile), and
+    reconstruction's loss picks the map of each output's shape."""
+    from mmq.calibration.aph import ImportanceMaps, aph_importance, kl_task_loss
+    from mmq.calibration.block_reconstruction import _weighted_loss
+    torch.manual_seed(0)
+    vit = VisionTransformer(img_size=64, patch_size=16, embed_dim=32, depth=2, num_heads=2,
+                            num_classes=5, class_token=False, global_pool='avg',
+                            dynamic_img_size=True).eval()
+    g = torch.Generator().manual_seed(0)
+    images = [torch.randn(1, 3, 64, 64, generator=g), torch.randn(2, 3, 48, 64, generator=g),
+              torch.randn(1, 3, 64, 64, generator=g)]
+    (h, ) = aph_importance(vit, kl_task_loss, images, [vit.blocks[0]], 1e-6, vit)
+    assert isinstance(h, ImportanceMaps)
+    assert set(h.maps) == {(16, 32), (12, 32)} and h.counts == {(16, 32): 2, (12, 32): 2}
+    assert h.maps[(16, 32)].std(0).mean() > 0  # tokens differ: the token axis is real
+    hn = h.normalised()
+    flat = hn.flatten()
+    assert float(flat.pow(2).mean()) == pytest.approx(1.0, rel=1e-5)
+    out = torch.randn(2, 12, 32)
+    expected = ((out - 0).pow(2) * hn.maps[(12, 32)]).sum(1).mean()
+    torch.testing.assert_close(_weighted_loss(out, torch.zeros_like(out), hn), expected)

@@ -26,28 +26,65 @@ def _add_to_output(out, delta: Tensor):
     return type(out)(items) if isinstance(out, tuple) else items
 
 
+class ImportanceMaps:
+    """APH maps of one module output for samples of several shapes (images of different
+    sizes): each shape keeps its own token x channel map, averaged over the samples of that
+    shape; an output of a shape no sample had gets the channel profile of all of them."""
+
+    def __init__(self, maps: Dict[tuple, Tensor], counts: Dict[tuple, int]) -> None:
+        self.maps, self.counts = maps, counts
+
+    def for_output(self, shape) -> Tensor:
+        return self.maps.get(tuple(shape), self.channel_mean())
+
+    def channel_mean(self) -> Tensor:
+        total = sum(m.reshape(-1, m.shape[-1]).mean(0) * self.counts[k]
+                    for k, m in self.maps.items())
+        return total / sum(self.counts.values())
+
+    def normalised(self) -> 'ImportanceMaps':
+        """Every map divided by one RMS over all of them (their relative scale is kept)."""
+        flat = self.flatten().double()
+        peak = flat.abs().max()
+        if not torch.isfinite(peak):
+            raise ValueError('the APH importance is not finite: the task loss or model '
+                             'produces NaN/Inf under the perturbation.')
+        if float(peak) == 0.0:
+            return ImportanceMaps({k: torch.ones_like(m) for k, m in self.maps.items()},
+                                  self.counts)
+        rms = (flat / peak).pow(2).mean().sqrt() * peak
+        return ImportanceMaps({k: (m.double() / rms).to(m.dtype) for k, m in self.maps.items()},
+                              self.counts)
+
+    def flatten(self) -> Tensor:
+        return torch.cat([m.flatten() for m in self.maps.values()])
+
+
+def importance_for(h, shape) -> Tensor:
+    """The importance map (tensor or :class:`ImportanceMaps`) of an output of ``shape``
+    (without the batch axis)."""
+    return h.for_output(shape) if isinstance(h, ImportanceMaps) else h
+
+
 class _Accumulator:
-    """Mean over samples of per-sample maps; per-channel only when sample shapes differ."""
+    """Mean over samples of per-sample maps, one per sample shape."""
 
     def __init__(self) -> None:
-        self.total = None  # sum over samples
-        self.count = 0
-        self.per_channel = False
+        self.totals: Dict[tuple, Tensor] = {}
+        self.counts: Dict[tuple, int] = {}
 
     def add(self, h: Tensor) -> None:  # h: (B, ..., C)
         h = h.detach()
-        if self.total is not None and not self.per_channel and h.shape[1:] != self.total.shape:
-            # Images of different sizes: keep the channel structure only.
-            self.total = self.total.reshape(-1, self.total.shape[-1]).mean(0)
-            self.per_channel = True
-        if self.per_channel:
-            h = h.reshape(h.shape[0], -1, h.shape[-1]).mean(1)
+        key = tuple(h.shape[1:])
         s = h.sum(0)
-        self.total = s if self.total is None else self.total + s
-        self.count += h.shape[0]
+        self.totals[key] = self.totals[key] + s if key in self.totals else s
+        self.counts[key] = self.counts.get(key, 0) + h.shape[0]
 
-    def mean(self) -> Tensor:
-        return self.total / max(1, self.count)
+    def mean(self):
+        maps = {k: t / self.counts[k] for k, t in self.totals.items()}
+        if len(maps) == 1:
+            return next(iter(maps.values()))
+        return ImportanceMaps(maps, dict(self.counts))
 
 
 def rpn_task_loss(fp_out, out, objectness_thr: float = 0.7) -> Tensor:
@@ -117,7 +154,8 @@ def aph_importance(forward: Callable[[Tensor], object], task_loss: Callable, ima
 
     Returns:
         One map per module shaped like its output without the batch axis (mean over samples),
-        or ``(C,)`` when samples differ in shape.
+        or, when samples differ in shape, an :class:`ImportanceMaps` with one such map per
+        shape.
     """
     if eps <= 0:
         raise ValueError(f'eps={eps} must be positive.')
@@ -171,9 +209,10 @@ def rms_normalise(h: Tensor) -> Tensor:
     return (h / h.pow(2).mean().sqrt()).to(dtype)
 
 
-def aph_stats(h: Tensor) -> Dict[str, float]:
-    """Summary of an importance map for the report."""
+def aph_stats(h) -> Dict[str, float]:
+    """Summary of an importance map (or :class:`ImportanceMaps`) for the report."""
     flat = h.flatten().float()
-    return dict(shape=list(h.shape), mean=float(flat.mean()), max=float(flat.max()),
+    shape = ([list(k) for k in h.maps] if isinstance(h, ImportanceMaps) else list(h.shape))
+    return dict(shape=shape, mean=float(flat.mean()), max=float(flat.max()),
                 p99_over_median=float(flat.quantile(0.99) / flat.median().clamp_min(1e-30))
                 if flat.numel() <= 2**24 else float('nan'))

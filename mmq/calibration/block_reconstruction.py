@@ -27,6 +27,7 @@ from mmq.models.transform import quantizers
 from mmq.quantizers.base_quantizer import BaseQuantizer
 from mmq.quantizers.uniform_quantizer import UniformQuantizer
 from .activation_store import ActivationStore
+from .aph import importance_for
 from .units import Unit, first_tensor
 
 ZETA, GAMMA = 1.1, -0.1
@@ -118,8 +119,10 @@ def random_mask(x: Tensor, p: float, generator: torch.Generator) -> Tensor:
     return (torch.rand(x.shape, generator=generator, device=generator.device) < p).to(x.device)
 
 
-def _weighted_loss(out: Tensor, target: Tensor, h: Tensor) -> Tensor:
-    """``(out - target)^2 * h`` summed over dimension 1, averaged over the rest."""
+def _weighted_loss(out: Tensor, target: Tensor, h) -> Tensor:
+    """``(out - target)^2 * h`` summed over dimension 1, averaged over the rest (``h``: a map,
+    or :class:`ImportanceMaps` with one map per output shape)."""
+    h = importance_for(h, out.shape[1:])
     err = (out - target).pow(2) * (h if h.dim() == 1 else h.unsqueeze(0))
     return err.sum(1).mean() if err.dim() > 1 else err.mean()
 

@@ -23,7 +23,7 @@ from torch.nn import functional as F
 
 from mmq.models.aphq_options import MROptions
 from mmq.quantizers.objectives import sqnr_db
-from .aph import aph_importance, aph_stats, rms_normalise
+from .aph import ImportanceMaps, aph_importance, aph_stats, rms_normalise
 
 
 @dataclass
@@ -144,6 +144,8 @@ def mlp_reconstruction(model: nn.Module, backbone: nn.Module, forward: Callable,
     reports = []
     for k, (mlp, (x, pos), h) in enumerate(zip(mlps, samples, hs)):
         t0 = time.perf_counter()
+        if isinstance(h, ImportanceMaps):  # rows of images of several sizes: channels only
+            h = h.channel_mean()
         h_rows = rms_normalise(h)
         h_rows = h_rows[pos] if h_rows.dim() == 2 else h_rows.expand(x.shape[0], -1)
         with torch.no_grad():

@@ -8,7 +8,7 @@ from torch import nn
 
 from mmq.models.aphq_options import ReconstructOptions
 from .activation_store import ActivationStore
-from .aph import aph_importance, aph_stats, rms_normalise
+from .aph import ImportanceMaps, aph_importance, aph_stats, rms_normalise
 from .block_calibration import chain_outputs
 from .block_reconstruction import reconstruct_unit
 from .units import Unit, first_tensor
@@ -55,13 +55,16 @@ def reconstruct_units(model: nn.Module, units: List[Unit], images: ActivationSto
         if i in hs:
             h = hs[i]
             out_shape = first_tensor(fp_out[0]).shape[1:]
-            if h.dim() > 1 and h.shape != out_shape:
-                # The module's output is not the unit's (e.g. a class token added after the
-                # patch embedding): keep the channel structure only.
-                h = h.reshape(-1, h.shape[-1]).mean(0)
+            if isinstance(h, ImportanceMaps):
+                h = h.normalised()  # one map per image shape
+            else:
+                if h.dim() > 1 and h.shape != out_shape:
+                    # The module's output is not the unit's (e.g. a class token added after
+                    # the patch embedding): keep the channel structure only.
+                    h = h.reshape(-1, h.shape[-1]).mean(0)
+                h = rms_normalise(h)
             generator = torch.Generator().manual_seed(seed * 1000003 + 17 * i + 1)
-            report = reconstruct_unit(unit, q_store, fp_store, fp_out, rms_normalise(h), opts,
-                                      generator)
+            report = reconstruct_unit(unit, q_store, fp_store, fp_out, h, opts, generator)
             report.update(stage='reconstruct', index=i, aph=aph_stats(hs[i]))
             reports.append(report)
             if logger is not None:
