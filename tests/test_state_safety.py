@@ -175,3 +175,16 @@ def test_role_bits_are_applied_and_survive_save_and_load(tmp_path, quantized):
         mmq.load_quantized_state(copy.deepcopy(float_model), path)
     with pytest.raises(ValueError, match='unknown role'):
         QuantConfig(role_bits=dict(attention=8))
+
+
+@pytest.mark.parametrize('bad,message', [
+    (dict(uniform_schedule=dict(width=0)), 'uniform_schedule.width=0'),
+    (dict(log_schedule=dict(shrink=0.5)), 'log_schedule.shrink'),
+    (dict(search_rows=True), 'search_rows=True'),
+    (dict(ln_reparam='no'), "ln_reparam='no'"),
+    (dict(seed='x'), "seed='x'"),
+    (dict(search_outliers=2.0), 'search_outliers'),
+])
+def test_bad_quant_cfg_values_are_named(bad, message):
+    with pytest.raises(ValueError, match=message.replace('(', r'\(')):
+        QuantConfig(**bad)

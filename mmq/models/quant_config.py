@@ -17,6 +17,26 @@ SCOPES = ('backbone', 'detector')
 ROLES = ('ln_input', 'qk', 'v', 'post_softmax', 'proj_input', 'post_gelu', 'other')
 
 
+def _check_schedule(name: str, schedule) -> None:
+    """Counts must be positive integers, shrink factors > 1, ranges ordered."""
+    for key, value in vars(schedule).items():
+        if key in ('shrink', ):
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value > 1
+            need = 'a number > 1'
+        elif key in ('init_width', ):
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
+            need = 'a positive number'
+        elif key == 'scale_range':
+            ok = (isinstance(value, (tuple, list)) and len(value) == 2
+                  and 0 < value[0] < value[1])
+            need = 'a pair (lo, hi) with 0 < lo < hi'
+        else:
+            ok = isinstance(value, int) and not isinstance(value, bool) and value >= 1
+            need = 'a positive integer'
+        if not ok:
+            raise ValueError(f'quant_cfg.{name}.{key}={value!r} must be {need}.')
+
+
 @dataclass
 class QuantConfig:
     """Quantization settings.
@@ -113,13 +133,20 @@ class QuantConfig:
         for name, schedule in (('uniform_schedule', UniformSchedule),
                                ('log_schedule', LogSchedule)):
             try:
-                schedule(**(getattr(self, name) or {}))
+                built = schedule(**(getattr(self, name) or {}))
             except TypeError as e:
                 raise ValueError(f'quant_cfg.{name}={getattr(self, name)!r}: {e}') from None
-        for name in ('rounds', 'search_rows', 'search_windows', 'search_queries'):
+            _check_schedule(name, built)
+        for name in ('rounds', 'search_rows', 'search_windows', 'search_queries', 'seed'):
             value = getattr(self, name)
-            if not isinstance(value, int) or value < (0 if name == 'rounds' else 1):
-                raise ValueError(f'quant_cfg.{name}={value!r} must be a positive integer.')
+            if (isinstance(value, bool) or not isinstance(value, int)
+                    or value < (0 if name in ('rounds', 'seed') else 1)):
+                kind = 'a non-negative' if name in ('rounds', 'seed') else 'a positive'
+                raise ValueError(f'quant_cfg.{name}={value!r} must be {kind} integer.')
+        for name in ('ln_reparam', 'fold_gelu_shift'):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f'quant_cfg.{name}={getattr(self, name)!r} must be True or '
+                                 'False.')
 
     @classmethod
     def from_dict(cls, cfg: Optional[dict]) -> 'QuantConfig':
