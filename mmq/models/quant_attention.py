@@ -47,7 +47,8 @@ class QuantWindowMSA(WindowMSA):
     def from_float(cls, module: WindowMSA, qcfg: QuantConfig) -> 'QuantWindowMSA':
         new = _adopt(cls, module)
         attach_matmuls(new, qcfg)
-        new.register_buffer('pad_offset', torch.zeros(module.embed_dims))
+        new.register_buffer('pad_offset', torch.zeros(
+            module.embed_dims, device=next(module.parameters()).device))
         return new
 
     def forward(self, x: Tensor, mask: Optional[Tensor] = None) -> Tensor:

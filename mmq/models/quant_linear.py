@@ -66,7 +66,8 @@ class QuantLinear(nn.Linear):
     def ensure_bias(self) -> Tensor:
         """Create a zero bias if the layer has none (reparameterizations add to it)."""
         if self.bias is None:
-            self.bias = nn.Parameter(torch.zeros(self.out_features, dtype=self.weight.dtype))
+            self.bias = nn.Parameter(torch.zeros(self.out_features, dtype=self.weight.dtype,
+                                                 device=self.weight.device))
         return self.bias
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):

@@ -48,6 +48,7 @@ class QuantMatMul(nn.Module):
         rows = a.shape[-2]
         if queries is not None and rows > queries:
             keep = torch.rand(a.shape[0], rows, generator=generator).argsort(dim=1)[:, :queries]
+            keep = keep.to(a.device)  # drawn from the (CPU) seeded generator
             keep = keep.view(a.shape[0], *([1] * (a.dim() - 3)), queries, 1)
             a = a.gather(-2, keep.expand(*a.shape[:-2], queries, a.shape[-1]))
         return a, b

@@ -98,7 +98,7 @@ def stack_params(*columns: Tensor) -> Tensor:
 
 def spread(center: Tensor, width: Tensor, n: int) -> Tensor:
     """``n`` values ``center + (linspace(0, 1, n) - 0.5) * width`` per entry: ``(..., n)``."""
-    offsets = torch.linspace(0, 1, n, dtype=center.dtype) - 0.5
+    offsets = torch.linspace(0, 1, n, dtype=center.dtype, device=center.device) - 0.5
     return center.unsqueeze(-1) + offsets * width.unsqueeze(-1)
 
 

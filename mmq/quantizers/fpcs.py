@@ -67,7 +67,7 @@ def uniform_init_grid(x: Tensor, bits: int, ch_axis: Optional[int], num_ranges: 
     scale spacing ``(groups,)`` that seeds the refinement width."""
     qmax = 2**bits - 1
     rows = group_rows(x.detach(), ch_axis)
-    t = torch.linspace(0, 1, num_ranges, dtype=torch.float64)
+    t = torch.linspace(0, 1, num_ranges, dtype=torch.float64, device=x.device)
     qs = quantile_rows(rows.double(), torch.cat([0.1 - 0.1 * t, 0.9 + 0.1 * t]))
     lo = qs[:, :num_ranges].clamp_max(0)
     hi = qs[:, num_ranges:].clamp_min(0)
@@ -77,7 +77,8 @@ def uniform_init_grid(x: Tensor, bits: int, ch_axis: Optional[int], num_ranges: 
     if fixed_zero_point is not None:
         zps = torch.full_like(scale, float(fixed_zero_point)).unsqueeze(-1)
     else:
-        offsets = torch.arange(num_zero_points, dtype=scale.dtype) - num_zero_points // 2
+        offsets = (torch.arange(num_zero_points, dtype=scale.dtype, device=scale.device)
+                   - num_zero_points // 2)
         zps = (torch.round(-lo / scale).unsqueeze(-1) + offsets).clamp(0, qmax)
     scales = scale.unsqueeze(-1).expand_as(zps)
     grid = stack_params(scales.flatten(1), zps.flatten(1)).to(x.dtype)
@@ -192,16 +193,16 @@ def fpcs_log(x: Tensor,
     check_bits(bits, LOG_BITS)
     check_finite(x)
     objective = objective or self_mse(x)
-    bases = torch.as_tensor(bases, dtype=x.dtype).flatten()
+    bases = torch.as_tensor(bases, dtype=x.dtype).to(x.device).flatten()
     if fixed_scale is not None:
-        s0 = torch.tensor(float(fixed_scale), dtype=x.dtype)
+        s0 = torch.tensor(float(fixed_scale), dtype=x.dtype, device=x.device)
     else:
         s0 = (x.detach() + shift).max().clamp_min(1e-8)
     first = stack_params(bases.unsqueeze(0), s0.expand(1, bases.numel()))
     steps = [BeamStep(schedule.keep_bases if fixed_scale is None else 1)]
     if fixed_scale is None:
         lo, hi = schedule.scale_range
-        scales = s0 * torch.linspace(lo, hi, schedule.num_scales, dtype=x.dtype)
+        scales = s0 * torch.linspace(lo, hi, schedule.num_scales, dtype=x.dtype, device=x.device)
         d0 = scales[1] - scales[0]
 
         def cross(beam: Tensor, step: int) -> Tensor:

@@ -107,8 +107,8 @@ def log_dequantize(codes: Tensor, mask: Tensor, scale: Tensor, bits: int, q: QLi
 def log_levels(bits: int, q: QLike, r: int, table: bool, dtype=torch.float32) -> Tensor:
     """Dequantized value of every code for each base: ``(bases, 2^b + 1)``; the extra last
     entry (code ``2^b``, past the range) is 0."""
-    k = torch.arange(2**bits + 1, dtype=torch.float64)
     qv = torch.as_tensor(q, dtype=torch.float64).reshape(-1, 1)
+    k = torch.arange(2**bits + 1, dtype=torch.float64, device=qv.device)
     if table:
         prod = k * qv
         shift = torch.div(prod, r, rounding_mode='floor')
@@ -136,7 +136,7 @@ def fake_quant_log(x: Tensor, scale: Tensor, bits: int, q: QLike, r: int,
     x_t = torch.clamp(x / scale, _TINY, 1.0)
     k = torch.log2(x_t).mul_(-(r / torch.as_tensor(q, dtype=x.dtype)))
     idx = k.round_().clamp_(max=2**bits).long()  # 2^b and beyond: past the range -> 0
-    values = log_levels(bits, q, r, table, x.dtype)
+    values = log_levels(bits, q, r, table, x.dtype).to(x.device)
     if values.shape[0] == 1:
         out = values[0][idx]
     else:

@@ -88,7 +88,7 @@ def percentile_params(x: Tensor,
         raise ValueError(f'percentiles must satisfy 0 <= lower < upper <= 1, got '
                          f'lower={lower}, upper={upper}.')
     rows = group_rows(x.detach(), ch_axis)
-    qs = quantile_rows(rows, torch.tensor([lower, upper]))
+    qs = quantile_rows(rows, torch.tensor([lower, upper], device=rows.device))
     scale, zp = range_to_params(qs[:, 0], qs[:, 1], bits)
     return ungroup(scale, x, ch_axis), ungroup(zp, x, ch_axis)
 
