@@ -157,3 +157,20 @@ def test_committed_dinov2_detector_keeps_its_accuracy_at_w6a6(demo_split, tmp_pa
     q = Runner.from_cfg(q_cfg).test()
     for key in ('coco/bbox_mAP', 'coco/segm_mAP'):
         assert q[key] >= 0.9 * fp[key], (key, fp[key], q[key])
+
+
+def test_detector_scope_reconstructs_the_neck(demo_split, tmp_path):
+    """scope='detector' with reconstruction: after the backbone blocks the FPN is
+    reconstructed too (its weight quantizers hold learned rounding)."""
+    work = str(tmp_path / 'rec')
+    _run('vit', demo_split, work, dict(FAST_QUANT, scope='detector',
+                                       stages=['calibrate', 'reconstruct'],
+                                       reconstruct=dict(iters=4, batch=2, aph_images=1)),
+         num_images=2)
+    report = __import__('json').load(open(osp.join(work, 'calibration_report.json')))
+    neck = [u for u in report['units'] if u.get('unit') == 'neck']
+    assert len(neck) == 1 and neck[0]['stage'] == 'reconstruct' and neck[0]['layers'] > 0
+    state = torch.load(osp.join(work, 'quantized_state.pth'), weights_only=True)['state_dict']
+    rounding = [k for k, v in state.items()
+                if k.startswith('neck.') and k.endswith('weight_quantizer.rounding')]
+    assert rounding and all(state[k].numel() > 0 for k in rounding), rounding

@@ -121,20 +121,33 @@ def random_mask(x: Tensor, p: float, generator: torch.Generator) -> Tensor:
 
 def _weighted_loss(out: Tensor, target: Tensor, h) -> Tensor:
     """``(out - target)^2 * h`` summed over dimension 1, averaged over the rest (``h``: a map,
-    or :class:`ImportanceMaps` with one map per output shape)."""
-    h = importance_for(h, out.shape[1:])
-    err = (out - target).pow(2) * (h if h.dim() == 1 else h.unsqueeze(0))
+    :class:`ImportanceMaps` with one map per output shape, or ``None``: plain MSE)."""
+    err = (out - target).pow(2)
+    if h is not None:
+        h = importance_for(h, out.shape[1:])
+        err = err * (h if h.dim() == 1 else h.unsqueeze(0))
     return err.sum(1).mean() if err.dim() > 1 else err.mean()
 
 
-def _eval_loss(unit: Unit, q_store: ActivationStore, out_store: ActivationStore,
-               h: Tensor) -> float:
+def _tensors(state) -> List[Tensor]:
+    """The tensors of a unit state or output (a block's tokens; every level of a neck)."""
+    items = state if isinstance(state, (tuple, list)) else (state, )
+    return [x for x in items if torch.is_tensor(x)]
+
+
+def _output_loss(out, targets: Sequence[Tensor], h) -> Tensor:
+    """:func:`_weighted_loss` summed over the output's tensors (one per pyramid level)."""
+    outs = _tensors(out)
+    if len(outs) != len(targets):
+        raise ValueError(f'the unit gave {len(outs)} output tensors for {len(targets)} targets.')
+    return sum(_weighted_loss(o, t, h) for o, t in zip(outs, targets))
+
+
+def _eval_loss(unit: Unit, q_store: ActivationStore, out_store: ActivationStore, h) -> float:
     n = min(EVAL_ITEMS, len(q_store))
     with torch.no_grad():
-        losses = [
-            float(_weighted_loss(first_tensor(unit.run(q_store[i])), first_tensor(out_store[i]),
-                                 h)) for i in range(n)
-        ]
+        losses = [float(_output_loss(unit.run(q_store[i]), _tensors(out_store[i]), h))
+                  for i in range(n)]
     return sum(losses) / max(1, n)
 
 
@@ -211,19 +224,18 @@ def reconstruct_unit(unit: Unit, q_store: ActivationStore, fp_store: ActivationS
                 inputs = []
                 for i in idx:
                     xq, xf = q_store[i], fp_store[i]
-                    t_q, t_f = first_tensor(xq), first_tensor(xf)
-                    mask = random_mask(t_q, opts.drop_prob, generator)
-                    mixed = torch.where(mask, t_f, t_q)
-                    inputs.append(tuple(mixed if x is t_q else x for x in xq) +
-                                  (first_tensor(out_store[i]), ))
+                    mixed = tuple(
+                        torch.where(random_mask(a, opts.drop_prob, generator), b, a)
+                        if torch.is_tensor(a) else a for a, b in zip(xq, xf))
+                    inputs.append(mixed + tuple(_tensors(out_store[i])))
+                n_state = len(q_store[idx[0]])
                 beta = _beta(it, opts)
                 optimizer.zero_grad(set_to_none=True)
                 total = 0.0
                 for group in _stack(inputs):
-                    state, target = group[:-1], group[-1]
-                    out = first_tensor(unit.run(state))
-                    loss = _weighted_loss(out, target, h) * target.shape[0] / len(idx)
-                    total = total + loss
+                    state, targets = group[:n_state], group[n_state:]
+                    loss = _output_loss(unit.run(state), targets, h)
+                    total = total + loss * targets[0].shape[0] / len(idx)
                 if beta > 0:
                     reg = sum(r.regulariser(beta) for _, _, r in rounders.values())
                     total = total + opts.round_weight * reg

@@ -20,7 +20,7 @@ from .aph import task_for
 from .block_calibration import calibrate_units
 from .detector_calibration import calibrate_neck_and_heads
 from .mlp_reconstruction import apply_relu, mlp_reconstruction
-from .reconstruction_stage import reconstruct_units
+from .reconstruction_stage import reconstruct_neck, reconstruct_units
 from .units import build_units
 
 STAGE_FIELDS = ('stages', 'mr', 'reconstruct')
@@ -203,6 +203,11 @@ def quantize(model: nn.Module,
             rec = reconstruct_units(fp_model, units, store, forward, task_loss, eps, opts,
                                     qcfg.seed, logger, on_unit_done, done, fp_units)
             reports += rec['units']
+            if qcfg.scope == 'detector' and detector and getattr(model, 'neck', None) is not None:
+                neck = reconstruct_neck(model, fp_model, store, opts, qcfg.seed, logger)
+                reports.append(neck)
+                if on_unit_done is not None:
+                    on_unit_done(neck)
             finish('reconstruct', dict(stage='reconstruct', seconds=rec['seconds'],
                                        aph_seconds=rec['aph_seconds']))
     finally:

@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from mmq.models.aphq_options import ReconstructOptions
+from mmq.models.transform import set_quant_enabled
 from .activation_store import ActivationStore
 from .aph import ImportanceMaps, aph_importance, aph_stats, rms_normalise
 from .block_calibration import chain_outputs
@@ -84,3 +85,40 @@ def reconstruct_units(model: nn.Module, units: List[Unit], images: ActivationSto
             s.close()
     return dict(stage='reconstruct', seconds=time.perf_counter() - start,
                 aph_seconds=aph_seconds, units=reports)
+
+
+def reconstruct_neck(model: nn.Module, fp_model: nn.Module, images: ActivationStore,
+                     opts: ReconstructOptions, seed: int = 0, logger=None) -> dict:
+    """Reconstruct a detector's neck (``scope='detector'``), as the published detection
+    pipeline does after the backbone blocks: AdaRound, learned activation scales and QDrop on
+    the plain MSE of every pyramid level against the float neck's outputs, fed by the
+    quantized (and, for QDrop, the float) backbone's outputs.
+
+    ``fp_model``: the float model the targets come from (``model`` itself in float mode, or
+    the original model kept from before MR).
+    """
+    neck = model.neck
+    q_in, fp_in, targets = images.sibling(), images.sibling(), images.sibling()
+    try:
+        with torch.no_grad():
+            for (img, ) in images:
+                q_in.append(tuple(model.backbone(img)))
+                set_quant_enabled(fp_model, False)
+                try:
+                    feats = tuple(fp_model.backbone(img))
+                    fp_in.append(feats)
+                    targets.append(tuple(fp_model.neck(feats)))
+                finally:
+                    set_quant_enabled(fp_model, True)
+        unit = Unit('neck', neck, lambda s: tuple(neck(tuple(s))))
+        generator = torch.Generator().manual_seed(seed * 1000003 + 999983)
+        report = reconstruct_unit(unit, q_in, fp_in, targets, None, opts, generator)
+    finally:
+        for s in (q_in, fp_in, targets):
+            s.close()
+    report.update(stage='reconstruct', index=-3)
+    if logger is not None:
+        note = ' (kept calibrated: training did not help)' if report['reverted'] else ''
+        logger.info(f"[mmq] reconstruct neck: MSE {report['loss_before']:.4g} -> "
+                    f"{report['loss_after']:.4g}, {report['seconds']:.1f} s{note}")
+    return report
