@@ -46,6 +46,8 @@ METHODS = {
                                reconstruct=REC_DEMO),
     # Activation ablation (issue: which 4-bit activation role costs most): 8-bit weights, or
     # one activation role at 8 bits.
+    'adalog-fpcs+rec-logscale': dict(stages=['calibrate', 'reconstruct'],
+                                     reconstruct=dict(REC_DEMO, learn_log_scales=True)),
     'adalog-fpcs-w8': dict(w_bits=8),
     # Outlier-aware row sampling: a quarter of the search rows are the largest tokens.
     'adalog-fpcs-outliers': dict(search_outliers=0.25),
@@ -247,7 +249,7 @@ def main() -> None:
                    '--num-images', str(args.num_images)]
             if '+rec' in method:
                 # Same calibration as the row without '+rec': start from its saved stage.
-                base = osp.join(args.out, det, f"w{bits}a{bits}_{method.replace('+rec', '')}",
+                base = osp.join(args.out, det, f"w{bits}a{bits}_{method.split('+rec')[0]}",
                                 'stage_calibrate.pth')
                 if osp.isfile(base):
                     cmd += ['--resume-from', base]

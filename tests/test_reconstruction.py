@@ -151,3 +151,22 @@ def test_aph_keeps_token_structure_with_mixed_image_sizes():
     out = torch.randn(2, 12, 32)
     expected = ((out - 0).pow(2) * hn.maps[(12, 32)]).sum(1).mean()
     torch.testing.assert_close(_weighted_loss(out, torch.zeros_like(out), hn), expected)
+
+
+def test_learn_log_scales_trains_the_post_gelu_adalog_scale(calibrated_vit):
+    """With learn_log_scales the post-GELU AdaLog scale becomes a parameter that receives a
+    gradient (its base stays searched); without it, it stays a buffer; freezing restores it."""
+    from mmq.calibration.block_reconstruction import _learnable_scales
+    vit, model, images = calibrated_vit
+    q = model.blocks[0].mlp.fc2.input_quantizer
+    assert _learnable_scales([q]) == []
+    params = _learnable_scales([q], log_scales=True)
+    assert len(params) == 1 and params[0] is q.scale
+    q.train()
+    x = torch.rand(64, 256, generator=torch.Generator().manual_seed(0)) * 2 - 0.17
+    (q(x) - x).pow(2).sum().backward()
+    q.eval()
+    assert params[0].grad is not None and float(params[0].grad.abs()) > 0
+    from mmq.calibration.block_reconstruction import _freeze_scales
+    _freeze_scales([q])
+    assert not isinstance(q.scale, torch.nn.Parameter) and q.scale.dim() == 0

@@ -25,6 +25,7 @@ from mmq.models.quant_conv import QuantConv2d
 from mmq.models.quant_linear import QuantLinear
 from mmq.models.transform import quantizers
 from mmq.quantizers.base_quantizer import BaseQuantizer
+from mmq.quantizers.log_quantizer import LogQuantizer
 from mmq.quantizers.uniform_quantizer import UniformQuantizer
 from .activation_store import ActivationStore
 from .aph import importance_for
@@ -157,12 +158,13 @@ def _act_quantizers(unit: Unit) -> List[BaseQuantizer]:
     return [q for q in quantizers(unit.module) if id(q) not in weights and bool(q.calibrated)]
 
 
-def _learnable_scales(qs: List[BaseQuantizer]) -> List[nn.Parameter]:
-    """Turn the per-tensor uniform activation scales into parameters (log quantizers keep
-    their searched base and scale)."""
+def _learnable_scales(qs: List[BaseQuantizer], log_scales: bool = False) -> List[nn.Parameter]:
+    """Turn the uniform activation scales (and, with ``log_scales``, the searched scales of
+    the log quantizers that have one: post-GELU) into parameters; log bases stay searched."""
     params = []
     for q in qs:
-        if isinstance(q, UniformQuantizer):
+        if isinstance(q, UniformQuantizer) or (log_scales and isinstance(q, LogQuantizer)
+                                               and q.fixed_scale is None):
             value = q.scale.detach().clone()
             del q._buffers['scale']
             q.scale = nn.Parameter(value)
@@ -172,7 +174,7 @@ def _learnable_scales(qs: List[BaseQuantizer]) -> List[nn.Parameter]:
 
 def _freeze_scales(qs: List[BaseQuantizer]) -> None:
     for q in qs:
-        if isinstance(q, UniformQuantizer) and isinstance(q.scale, nn.Parameter):
+        if isinstance(getattr(q, 'scale', None), nn.Parameter):
             value = q.scale.detach().clone()
             del q._parameters['scale']
             q.register_buffer('scale', value)
@@ -207,7 +209,7 @@ def reconstruct_unit(unit: Unit, q_store: ActivationStore, fp_store: ActivationS
         rounders[id(layer)] = (layer, layer.weight_quantizer,
                                AdaRoundQuantizer(layer.weight_quantizer, layer.weight))
         layer.weight_quantizer = rounders[id(layer)][2]
-    scales = _learnable_scales(act_qs)
+    scales = _learnable_scales(act_qs, opts.learn_log_scales)
     param_groups = [dict(params=[r.v for _, _, r in rounders.values()], lr=opts.round_lr)]
     if scales:
         param_groups.append(dict(params=scales, lr=opts.lr))

@@ -48,6 +48,8 @@ class ReconstructOptions:
         beta: Regulariser exponent annealed from ``beta[0]`` to ``beta[1]``.
         warmup: Fraction of steps before the regulariser starts.
         drop_prob: QDrop: probability that an activation quantizer passes its float input.
+        learn_log_scales: Also learn the scale of the post-GELU AdaLog quantizers (their
+            base stays the searched one; published: only uniform scales are learned).
         eps: APH perturbation (``None``: 1e-3 for detectors, 1e-6 for classifiers).
         aph_images: Calibration batches the APH importance is averaged over (``None``: all).
     """
@@ -61,6 +63,7 @@ class ReconstructOptions:
     drop_prob: float = 0.5
     eps: Optional[float] = None
     aph_images: Optional[int] = None
+    learn_log_scales: bool = False
 
 
 def build_options(cls, cfg: Optional[dict], key: str):
