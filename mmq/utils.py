@@ -4,6 +4,7 @@ import hashlib
 import json
 import os
 import os.path as osp
+from typing import Callable, Optional
 
 
 def file_sha256(path: str) -> str:
@@ -42,13 +43,28 @@ class WorkDirLock:
         self._fd = None
 
 
-def write_json(path: str, obj: dict) -> str:
-    """Write ``obj`` to ``path`` atomically (a reader never sees half a file)."""
+def atomic_write(path: str, write: Callable[[str], object]) -> str:
+    """``write(tmp)`` then rename ``tmp`` to ``path``: a reader (or a crash) never sees half a
+    file. The temporary name carries the process id, so two writers never share it."""
+    os.makedirs(osp.dirname(osp.abspath(path)), exist_ok=True)
     tmp = f'{path}.{os.getpid()}.tmp'
-    with open(tmp, 'w') as f:
-        json.dump(obj, f, indent=1)
-    os.replace(tmp, path)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if osp.exists(tmp):
+            os.remove(tmp)
     return path
+
+
+def write_json(path: str, obj: dict, indent: Optional[int] = 1) -> str:
+    """Write ``obj`` to ``path`` as JSON, atomically."""
+
+    def dump(tmp: str) -> None:
+        with open(tmp, 'w') as f:
+            json.dump(obj, f, indent=indent)
+
+    return atomic_write(path, dump)
 
 
 def write_metrics(work_dir: str, metrics: dict, seconds: float, peak_rss_kb: int) -> str:

@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 from mmq.models.quant_config import QuantConfig
 from mmq.quantizers.base_quantizer import BaseQuantizer
+from mmq.utils import atomic_write
 
 FORMAT = 'mmq.quantized_state.v2'
 PARTIAL_FORMAT = FORMAT + '.partial'
@@ -42,11 +43,7 @@ def quantizer_layout(model: nn.Module) -> Dict[str, List]:
 
 
 def _atomic_save(obj: dict, path: str) -> str:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f'{path}.{os.getpid()}.tmp'
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-    return path
+    return atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
 def _pack(model: nn.Module, fmt: str, meta: dict) -> dict:

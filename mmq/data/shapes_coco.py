@@ -15,6 +15,8 @@ import cv2
 import numpy as np
 from pycocotools import mask as mask_utils
 
+from mmq.utils import write_json
+
 CATEGORIES = ['circle', 'triangle', 'square', 'star', 'hexagon']
 
 
@@ -170,9 +172,7 @@ def generate_shapes_coco(out_dir: str,
             images.append(dict(id=i + 1, file_name=name, height=height, width=width))
             anns += _annotations(masks, labels, i + 1, len(anns) + 1)
         path = osp.join(out_dir, 'annotations', f'instances_{split}.json')
-        tmp = path + '.tmp'
-        with open(tmp, 'w') as f:
-            json.dump(dict(images=images, annotations=anns, categories=categories), f)
-        os.replace(tmp, path)  # a half-written split never looks complete
+        # Atomic: a half-written split never looks complete.
+        write_json(path, dict(images=images, annotations=anns, categories=categories), None)
         files[split] = path
     return files

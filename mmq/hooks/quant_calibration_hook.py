@@ -17,7 +17,7 @@ from mmq.calibration.quantize import prepare
 from mmq.calibration.quantized_state import check_identity
 from mmq.models.quant_config import QuantConfig
 from mmq.registry import HOOKS
-from mmq.utils import WorkDirLock, file_sha256, write_json
+from mmq.utils import WorkDirLock, atomic_write, file_sha256, write_json
 from mmq.version import __version__
 
 STATE_FILE = 'quantized_state.pth'
@@ -210,8 +210,8 @@ class QuantCalibrationHook(Hook):
             nxt = rest[0] if rest else None
             stage_path = osp.join(work_dir, f'stage_{stage}.pth')
             save_partial_state(model, stage_path, qcfg, 0, done_units, nxt, finished, identity)
-            shutil.copyfile(stage_path, partial_path + '.tmp')  # the same state: no re-save
-            os.replace(partial_path + '.tmp', partial_path)
+            # the same state: copied, not saved again
+            atomic_write(partial_path, lambda tmp: shutil.copyfile(stage_path, tmp))
             runner.logger.info(f"[mmq] stage {stage} done in {stage_report['seconds']:.1f} s; "
                                f'saved {stage_path}')
 

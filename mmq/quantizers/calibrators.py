@@ -67,7 +67,8 @@ class PercentileCalibrator:
                 scale = quantizer.fixed_scale
             else:
                 rows = (x.detach() + quantizer.shift).reshape(1, -1)
-                scale = float(quantile_rows(rows, torch.tensor([self.upper], device=rows.device)).clamp_min(1e-8))
+                upper = torch.tensor([self.upper], device=rows.device)
+                scale = float(quantile_rows(rows, upper).clamp_min(1e-8))
             quantizer.set_params(int(quantizer.q), scale)
         else:
             raise _unsupported(self, quantizer)
