@@ -122,3 +122,28 @@ def test_compiled_and_eager_self_mse_choose_the_same_parameters(monkeypatch, ch_
     scale_change = (fused.params[:, 0] - eager.params[:, 0]).abs() / eager.params[:, 0]
     assert scale_change.max() <= 1e-3, scale_change.max()
     assert (fused.params[:, 1] != eager.params[:, 1]).float().mean() <= 0.05
+
+
+def test_fused_log_scoring_matches_fake_quant_log_and_compiles_to_the_same_choice(monkeypatch):
+    """The fused log fake-quant equals fake_quant_log's no-grad path exactly (eager), and the
+    compiled search picks the same base and (within 1e-3) the same scale."""
+    from mmq.quantizers.fused_scores import log_fake_quant_eager
+    from mmq.quantizers.log_quant import _TINY, fake_quant_log, log_levels
+    g = torch.Generator().manual_seed(3)
+    x = F.gelu(torch.randn(64, 96, generator=g) * 2)
+    q = torch.tensor([12., 37., 90.]).reshape(3, 1, 1)
+    scale = torch.tensor([1.5, 3.0, 6.0]).reshape(3, 1, 1)
+    for table in (True, False):
+        ref = fake_quant_log(x.unsqueeze(0) + GELU_SHIFT, scale, 4, q, ADALOG_R, table)
+        fused = log_fake_quant_eager(x.unsqueeze(0) + GELU_SHIFT, scale, -(ADALOG_R / q),
+                                     log_levels(4, q.flatten(), ADALOG_R, table), 16, _TINY)
+        assert torch.equal(fused, ref)
+    bases = torch.arange(10, 138)
+    results = {}
+    for flag in ('0', '1'):
+        monkeypatch.setenv('MMQ_COMPILE', flag)
+        results[flag] = fpcs_log(x, 4, bases, ADALOG_R, shift=GELU_SHIFT)
+    eager, fused = results['0'], results['1']
+    assert eager.params[0, 0] == fused.params[0, 0]
+    assert abs(float(fused.params[0, 1] / eager.params[0, 1]) - 1) <= 1e-3
+    torch.testing.assert_close(fused.loss, eager.loss, rtol=1e-5, atol=1e-12)

@@ -22,8 +22,9 @@ from torch import Tensor
 
 from .beam_search import (BeamStep, SearchResult, beam_search, chunk_for, grid_search,
                           repeat_each, spread, stack_params)
-from .log_quant import fake_quant_log
-from .fused_scores import uniform_self_mse
+from .log_quant import _TINY as LOG_TINY
+from .log_quant import log_levels
+from .fused_scores import log_fake_quant, uniform_self_mse
 from .objectives import Objective, SelfMSE, self_mse
 from .uniform import fake_quant_uniform, group_rows, param_shape, quantile_rows
 from .validation import LOG_BITS, UNIFORM_BITS, check_bits, check_finite
@@ -167,11 +168,15 @@ def uniform_dense_grid(x: Tensor, bits: int, ch_axis: Optional[int], objective: 
 
 
 def _log_score(x: Tensor, bits: int, r: int, shift: float, table: bool, objective: Objective):
+    shifted = x.unsqueeze(0) + shift
 
     def score(cands: Tensor) -> Tensor:
         q = _per_candidate(cands[..., 0], x, None)
         scale = _per_candidate(cands[..., 1], x, None)
-        xq = fake_quant_log(x.unsqueeze(0) + shift, scale, bits, q, r, table) - shift
+        # One fused pass per candidate: codes, table lookup, scale (fake_quant_log's no-grad
+        # path, compiled when possible).
+        values = log_levels(bits, q.flatten(), r, table, x.dtype).to(x.device)
+        xq = log_fake_quant(shifted, scale, -(r / q), values, 2**bits, LOG_TINY) - shift
         return objective(xq).t()
 
     return score

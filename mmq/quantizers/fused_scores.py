@@ -18,6 +18,7 @@ from mmengine.logging import print_log
 from torch import Tensor
 
 _compiled: Optional[Callable] = None
+_compiled_log: Optional[Callable] = None
 _disabled = False
 
 
@@ -34,18 +35,54 @@ def uniform_self_mse_eager(x: Tensor, scale: Tensor, zero_point: Tensor, qmax: f
     return (xq - x).pow(2).mean(dim=dims)
 
 
+def _fallback(e: Exception) -> None:
+    global _disabled
+    _disabled = True
+    print_log(f'[mmq] torch.compile of the FPCS scoring failed ({type(e).__name__}: '
+              f'{str(e)[:200]}); using the eager path.', logger='current', level=30)
+
+
 def uniform_self_mse(x: Tensor, scale: Tensor, zero_point: Tensor, qmax: float,
                      dims: Tuple[int, ...]) -> Tensor:
     """:func:`uniform_self_mse_eager`, compiled when possible."""
-    global _compiled, _disabled
+    global _compiled
     if compile_enabled():
         try:
             if _compiled is None:
                 _compiled = torch.compile(uniform_self_mse_eager, dynamic=True)
             return _compiled(x, scale, zero_point, qmax, dims)
         except Exception as e:  # noqa: BLE001  (no compiler, unsupported device, ...)
-            _disabled = True
-            print_log(f'[mmq] torch.compile of the FPCS scoring failed ({type(e).__name__}: '
-                      f'{str(e)[:200]}); using the eager path.', logger='current',
-                      level=30)
+            _fallback(e)
     return uniform_self_mse_eager(x, scale, zero_point, qmax, dims)
+
+
+def log_fake_quant_eager(x: Tensor, scale: Tensor, coef: Tensor, values: Tensor,
+                         max_code: int, tiny: float) -> Tensor:
+    """The no-autograd log fake-quant of ``K`` candidates (as
+    :func:`mmq.quantizers.log_quant.fake_quant_log` computes it): codes
+    ``round(log2(x / s) * coef)`` (``coef = -r / q`` per candidate, broadcast like ``scale``)
+    index each candidate's row of ``values`` (``(K, 2^b + 1)``, the last entry 0 for codes
+    past the range)."""
+    x_t = torch.clamp(x / scale, tiny, 1.0)
+    idx = torch.clamp(torch.round(torch.log2(x_t) * coef), max=max_code).long()
+    k = values.shape[0]
+    if k == 1:
+        out = values[0][idx]
+    else:
+        idx = idx.expand(k, *idx.shape[1:]) if idx.shape[0] == 1 else idx
+        out = values.gather(1, idx.reshape(k, -1)).reshape(idx.shape)
+    return out * scale
+
+
+def log_fake_quant(x: Tensor, scale: Tensor, coef: Tensor, values: Tensor, max_code: int,
+                   tiny: float) -> Tensor:
+    """:func:`log_fake_quant_eager`, compiled when possible."""
+    global _compiled_log
+    if compile_enabled():
+        try:
+            if _compiled_log is None:
+                _compiled_log = torch.compile(log_fake_quant_eager, dynamic=True)
+            return _compiled_log(x, scale, coef, values, max_code, tiny)
+        except Exception as e:  # noqa: BLE001
+            _fallback(e)
+    return log_fake_quant_eager(x, scale, coef, values, max_code, tiny)
