@@ -70,6 +70,31 @@ def test_task_losses_are_zero_gradient_at_the_float_prediction():
     assert float(kl_task_loss(z, z + torch.randn(4, 10))) > 0
 
 
+def test_task_loss_gradients_vanish_at_the_float_output_only():
+    """The APH task losses are minimal at the float prediction: their gradient w.r.t. the
+    prediction is zero there and not zero off it (what makes |g+ - g-| a curvature)."""
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(4, 10, generator=g, dtype=torch.float64)
+    at = z.clone().requires_grad_(True)
+    (grad, ) = torch.autograd.grad(kl_task_loss(z, at), at)
+    assert float(grad.abs().max()) < 1e-12
+    off = (z + 0.5 * torch.randn(4, 10, generator=g, dtype=torch.float64)).requires_grad_(True)
+    (grad, ) = torch.autograd.grad(kl_task_loss(z, off), off)
+    assert float(grad.abs().max()) > 1e-6  # the loss is divided by its own value
+    # RPN loss (KL on objectness; its smooth-L1 term has a kink at 0, so its gradient is
+    # checked off the float prediction only).
+    fc = [torch.randn(1, 3, 4, 5, generator=g, dtype=torch.float64)]
+    fr = [torch.randn(1, 12, 4, 5, generator=g, dtype=torch.float64)]
+    cls = [fc[0].clone().requires_grad_(True)]
+    kl = rpn_task_loss((fc, fr), (cls, [fr[0].clone()]), objectness_thr=2.0)
+    (grad, ) = torch.autograd.grad(kl, cls)
+    assert float(grad.abs().max()) < 1e-9
+    cls = [(fc[0] + 0.3).requires_grad_(True)]
+    (grad, ) = torch.autograd.grad(rpn_task_loss((fc, fr), (cls, [fr[0].clone()]),
+                                                 objectness_thr=2.0), cls)
+    assert float(grad.abs().max()) > 1e-6  # the loss is divided by its own value: O(1/N)
+
+
 def test_mr_lowers_the_weighted_error_monotonically_and_keeps_outputs(vit):
     model = copy.deepcopy(vit)
     images = _images(4)

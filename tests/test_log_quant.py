@@ -43,6 +43,15 @@ def test_tables_known_values():
     torch.testing.assert_close(deq, 2.0 * torch.exp2(-t1.float()) * t2, rtol=0, atol=1e-7)
 
 
+def test_tables_literal_values():
+    """3 bits, base 2^(50/37), worked by hand: i*q = 0, 50, ..., 350; T1 = floor(i q / 37);
+    the mantissa 2^-((i q mod 37) / 37) = 1, .784, .614, .963, .755, .592, .928, .727 rounded
+    to fourteenths."""
+    t1, t2 = log_tables(3, 50, 37)
+    assert t1.tolist() == [0, 1, 2, 4, 5, 6, 8, 9]
+    assert (t2 * 14).round().int().tolist() == [14, 11, 9, 13, 11, 8, 13, 10]
+
+
 @pytest.mark.parametrize('bits', [3, 4, 6])
 @pytest.mark.parametrize('q', [10, 23, 37, 61, 137])
 def test_table_path_within_half_mantissa_step_of_exact(bits, q):

@@ -1,0 +1,61 @@
+"""Calibration time with and without the fused (torch.compile) FPCS scoring, in one process.
+
+    python benchmarks/fused_scoring_speed.py [--blocks 2] [--images 8] [--threads 1]
+
+A DINOv2 ViT-S/14-shaped ``mmq.TimmViTDet`` (the converted DINOv2 weights when
+``checkpoints/dinov2/vit_small_patch14_dinov2.pth`` exists, else random weights of the same
+shape) cut to ``--blocks`` blocks, W4A4 AdaLog + FPCS on ``--images`` 256x320 inputs
+(320 patch tokens). Runs eager (``MMQ_COMPILE=0``), then fused (a first tiny run compiles and
+is not timed), and prints both times, their ratio and each unit's output SQNR.
+"""
+import argparse
+import copy
+import os
+import os.path as osp
+import time
+
+import torch
+
+import mmq
+from mmq.models.backbones.vit_det import TimmViTDet
+
+WEIGHTS = 'checkpoints/dinov2/vit_small_patch14_dinov2.pth'
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('--blocks', type=int, default=2)
+    parser.add_argument('--images', type=int, default=8)
+    parser.add_argument('--threads', type=int, default=1)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    backbone = TimmViTDet(img_size=518, patch_size=14, feature_stride=16, embed_dims=384,
+                          depth=args.blocks, num_heads=6, init_values=1e-5, class_token=True,
+                          out_channels=64, scales=(4.0, 2.0, 1.0, 0.5)).eval()
+    if osp.isfile(WEIGHTS):
+        state = torch.load(WEIGHTS, weights_only=True)
+        backbone.vit.load_state_dict({k: v for k, v in state.items() if not k.startswith(
+            'blocks.') or int(k.split('.')[1]) < args.blocks})
+    g = torch.Generator().manual_seed(0)
+    images = [torch.randn(1, 3, 256, 320, generator=g) for _ in range(args.images)]
+    cfg = dict(w_bits=4, a_bits=4)
+    results = {}
+    for mode in ('0', '1'):
+        os.environ['MMQ_COMPILE'] = mode
+        if mode == '1':  # compile once (cached for the rest of the process), untimed
+            mmq.quantize(copy.deepcopy(backbone), images[:1], dict(cfg, search_rows=16))
+        start = time.perf_counter()
+        report = mmq.quantize(copy.deepcopy(backbone), images, cfg)
+        results[mode] = (time.perf_counter() - start,
+                         {u['unit']: round(u['output_sqnr_db'], 3) for u in
+                          report['units']})
+    (t_eager, sq_eager), (t_fused, sq_fused) = results['0'], results['1']
+    print(f'eager {t_eager:.1f} s, fused {t_fused:.1f} s, speed-up {t_eager / t_fused:.2f}x '
+          f'({args.blocks} blocks, {args.images} images, {args.threads} thread(s))')
+    for unit in sq_eager:
+        print(f'  {unit}: unit output SQNR eager {sq_eager[unit]}, fused {sq_fused[unit]}')
+
+
+if __name__ == '__main__':
+    main()
