@@ -1,0 +1,101 @@
+"""Every QuantConfig option run end to end on a small ViT, each with its expected effect."""
+import copy
+
+import pytest
+import torch
+from timm.models.vision_transformer import VisionTransformer
+
+import mmq
+from mmq.quantizers import AdaLogQuantizer, Log2Quantizer, LogSqrt2Quantizer, UniformQuantizer
+from .conftest import FAST_QUANT
+
+
+@pytest.fixture(scope='module')
+def setup():
+    torch.manual_seed(0)
+    vit = VisionTransformer(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2,
+                            num_classes=4, class_token=False, global_pool='avg').eval()
+    g = torch.Generator().manual_seed(0)
+    calib = [torch.randn(2, 3, 32, 32, generator=g) for _ in range(2)]
+    test = torch.randn(4, 3, 32, 32, generator=g)
+    with torch.no_grad():
+        ref = vit(test)
+    return vit, calib, test, ref
+
+
+def _run(setup, **kw):
+    vit, calib, test, ref = setup
+    model = copy.deepcopy(vit)
+    mmq.quantize(model, calib, dict(FAST_QUANT, **kw))
+    with torch.no_grad():
+        out = model(test)
+    return model, out, float((out - ref).pow(2).mean() / ref.pow(2).mean())
+
+
+def test_fold_gelu_shift_on_or_off_gives_the_same_function(setup):
+    """Bias reparameterization is exact: folded or not, the same quantized outputs."""
+    _, folded, _ = _run(setup, fold_gelu_shift=True)
+    model, unfolded, _ = _run(setup, fold_gelu_shift=False)
+    assert not bool(model.blocks[0].mlp.fc2.input_quantizer.shift_folded)
+    torch.testing.assert_close(folded, unfolded, rtol=1e-4, atol=1e-5)
+
+
+def test_table_and_exact_dequantization_stay_close(setup):
+    """The same calibrated model evaluated with the integer-table kernel and with the exact
+    2^(-kq/r): they differ by at most half a mantissa step per value, so the network outputs
+    agree closely but not exactly; the option itself reaches the quantizers."""
+    from mmq.quantizers import LogQuantizer
+    vit, calib, test, ref = setup
+    model, table, _ = _run(setup, dequant='table')
+    logs = [m for m in model.modules() if isinstance(m, LogQuantizer)]
+    assert logs and all(q.dequant == 'table' for q in logs)
+    for q in logs:
+        q.q.fill_(50)  # a base whose mantissas are not exact in the table (base 2 would be)
+    with torch.no_grad():
+        table = model(test)
+    for q in logs:
+        q.dequant = 'exact'
+    with torch.no_grad():
+        exact = model(test)
+    diff = float((table - exact).abs().max())
+    assert 0 < diff < 0.1 * float((table - ref).abs().max() + ref.abs().max())
+    exact_model, _, _ = _run(setup, dequant='exact')
+    assert all(q.dequant == 'exact' for q in exact_model.modules()
+               if isinstance(q, LogQuantizer))
+
+
+@pytest.mark.parametrize('kind,cls', [('adalog', AdaLogQuantizer), ('log2', Log2Quantizer),
+                                      ('logsqrt2', LogSqrt2Quantizer),
+                                      ('uniform', UniformQuantizer)])
+def test_power_law_quantizer_options_are_built_and_calibrated(setup, kind, cls):
+    model, _, err = _run(setup, softmax=kind, gelu=kind)
+    attn, mlp = model.blocks[0].attn, model.blocks[0].mlp
+    assert type(attn.av_matmul.a_quantizer) is cls and type(mlp.fc2.input_quantizer) is cls
+    assert bool(attn.av_matmul.a_quantizer.calibrated)
+    assert err < 0.5
+
+
+def test_calibrators_run_and_differ(setup):
+    """Each calibrator calibrates every quantizer and gives its own result. (Which is best is
+    asserted on a trained detector, tests/test_demo.py: on this random-weight ViT, per-layer
+    output MSE is not the network's error.)"""
+    errors = {c: _run(setup, calibrator=c, softmax='uniform', gelu='uniform', w_bits=3,
+                      a_bits=3)[2] for c in ('minmax', 'percentile', 'fpcs')}
+    assert len(set(errors.values())) == 3, errors
+    assert all(0 < e < 1 for e in errors.values()), errors
+
+
+def test_ln_reparam_keeps_the_float_function_and_changes_the_quantized_one(setup):
+    vit, calib, test, ref = setup
+    on, out_on, _ = _run(setup, ln_reparam=True)
+    off, out_off, _ = _run(setup, ln_reparam=False)
+    assert not torch.equal(out_on, out_off)
+    mmq.models.set_quant_enabled(on, False)
+    with torch.no_grad():
+        torch.testing.assert_close(on(test), ref, rtol=1e-4, atol=1e-4)
+
+
+def test_more_rounds_do_not_hurt(setup):
+    _, _, one = _run(setup, rounds=1)
+    _, _, three = _run(setup, rounds=3)
+    assert three <= one * 1.1
