@@ -25,6 +25,9 @@ def test_quantize_tool_calibrates_then_reloads(shapes_data, tmp_path):
     cfg = swin_config(shapes_data, str(tmp_path / 'unused'), FAST_QUANT, tmp_path)
     cfg.custom_hooks = [dict(type='mmq.QuantCalibrationHook', num_images=2)]
     cfg.log_level = 'INFO'
+    # Predictions dumped too: the reload is judged on them, not on (possibly all-zero) mAPs.
+    cfg.test_evaluator = [cfg.test_evaluator,
+                          dict(type='DumpDetResults', out_file_path=str(tmp_path / 'a.pkl'))]
     register_all_modules()
     torch.manual_seed(0)
     ckpt = str(tmp_path / 'float.pth')
@@ -41,12 +44,21 @@ def test_quantize_tool_calibrates_then_reloads(shapes_data, tmp_path):
     state = osp.join(work, 'quantized_state.pth')
     again = subprocess.run([
         sys.executable, TOOL, cfg_file, ckpt, '--work-dir', str(tmp_path / 'work2'),
-        '--quant-state', state
+        '--quant-state', state, '--cfg-options',
+        f"test_evaluator.1.out_file_path={tmp_path / 'b.pkl'}"
     ], capture_output=True, text=True)
     assert again.returncode == 0, again.stderr[-3000:]
     out = again.stdout + again.stderr
     assert 'loaded quantized state' in out
     assert _metrics(out) == first  # the reloaded state evaluates identically
+    import pickle  # files this test wrote itself
+    a = pickle.load(open(tmp_path / 'a.pkl', 'rb'))
+    b = pickle.load(open(tmp_path / 'b.pkl', 'rb'))
+    assert len(a) == len(b) == 3
+    for pa, pb in zip(a, b):
+        for key in ('bboxes', 'scores', 'labels'):
+            assert torch.equal(pa['pred_instances'][key], pb['pred_instances'][key]), key
+        assert len(pa['pred_instances']['scores']) > 0  # something was predicted
     assert not osp.exists(osp.join(tmp_path, 'work2', 'calibration_report.json'))
 
 
