@@ -14,7 +14,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from mmq.models.transform import set_quant_enabled
-from .units import first_tensor
+from .units import first_tensor, is_detector
 
 
 def _add_to_output(out, delta: Tensor):
@@ -133,7 +133,7 @@ def detector_rpn_forward(detector: nn.Module) -> Callable[[Tensor], tuple]:
 def task_for(model: nn.Module, eps: float = None):
     """(forward, task loss, eps) of a detector (RPN loss, eps 1e-3) or a timm classifier
     (KL at T = 20, eps 1e-6)."""
-    if hasattr(model, 'backbone') and hasattr(model, 'data_preprocessor'):
+    if is_detector(model):
         return detector_rpn_forward(model), rpn_task_loss, 1e-3 if eps is None else eps
     return model, kl_task_loss, 1e-6 if eps is None else eps
 

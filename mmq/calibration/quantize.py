@@ -21,18 +21,14 @@ from .block_calibration import calibrate_units
 from .detector_calibration import calibrate_neck_and_heads
 from .mlp_reconstruction import apply_relu, mlp_reconstruction
 from .reconstruction_stage import reconstruct_neck, reconstruct_units
-from .units import build_units
+from .units import build_units, is_detector
 
 STAGE_FIELDS = ('stages', 'mr', 'reconstruct')
 
 
-def _is_detector(model: nn.Module) -> bool:
-    return hasattr(model, 'backbone') and hasattr(model, 'data_preprocessor')
-
-
 def quant_target(model: nn.Module, qcfg: QuantConfig) -> nn.Module:
     """The part of ``model`` the transform quantizes: its backbone, or the whole detector."""
-    if not _is_detector(model):
+    if not is_detector(model):
         return model
     return model if qcfg.scope == 'detector' else model.backbone
 
@@ -41,7 +37,7 @@ def prepare(model: nn.Module, quant_cfg: Union[dict, QuantConfig]) -> QuantConfi
     """Check the backbone is supported and swap modules (no calibration). A config with the
     'mr' stage gets ReLU MLPs first (the structure MR leaves behind)."""
     qcfg = quant_cfg if isinstance(quant_cfg, QuantConfig) else QuantConfig.from_dict(quant_cfg)
-    backbone = model.backbone if _is_detector(model) else model
+    backbone = model.backbone if is_detector(model) else model
     build_units(backbone)  # raises a clear error for unsupported backbones
     if 'mr' in qcfg.stages:
         apply_relu(backbone)
@@ -88,7 +84,7 @@ def _collect_images(model: nn.Module, data: Iterable, store: ActivationStore,
                     keep_batches: bool) -> List[dict]:
     batches = []  # preprocessed detector batches, for the neck / heads (scope='detector')
     for batch in data:
-        if _is_detector(model):
+        if is_detector(model):
             batch = model.data_preprocessor(batch, False)
             inputs = batch['inputs']
             if keep_batches:
@@ -132,7 +128,7 @@ def quantize(model: nn.Module,
     """
     start = time.perf_counter()
     qcfg = quant_cfg if isinstance(quant_cfg, QuantConfig) else QuantConfig.from_dict(quant_cfg)
-    detector = _is_detector(model)
+    detector = is_detector(model)
     backbone = model.backbone if detector else model
     build_units(backbone)  # a clear error for unsupported backbones, before any work
     stages_done, resume_stage, units_done, reports = _resume_progress(resume, qcfg, logger)

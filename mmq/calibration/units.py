@@ -18,6 +18,12 @@ from mmq.models.backbones.vit_det import TimmViTDet
 State = tuple
 
 
+def is_detector(model: nn.Module) -> bool:
+    """An mmdet detector (a backbone and a data preprocessor), as opposed to a bare backbone
+    or classifier."""
+    return hasattr(model, 'backbone') and hasattr(model, 'data_preprocessor')
+
+
 def first_tensor(state) -> Tensor:
     """The first tensor of a unit state (or a module output); a tensor is its own."""
     return state if torch.is_tensor(state) else next(x for x in state if torch.is_tensor(x))
