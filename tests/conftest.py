@@ -19,6 +19,17 @@ FAST_QUANT = dict(
     log_schedule=dict(keep_bases=4, num_scales=8, width=8, steps=2))
 
 
+def tiny_vit(img_size: int, patch_size: int, embed_dim: int, depth: int, num_classes: int,
+             seed: int = 0, **kwargs):
+    """A seeded timm ViT classifier (no class token, average pooling) in eval mode."""
+    from timm.models.vision_transformer import VisionTransformer
+    import torch
+    torch.manual_seed(seed)
+    return VisionTransformer(img_size=img_size, patch_size=patch_size, embed_dim=embed_dim,
+                             depth=depth, num_heads=2, num_classes=num_classes,
+                             class_token=False, global_pool='avg', **kwargs).eval()
+
+
 @pytest.fixture(scope='session')
 def shapes_data(tmp_path_factory):
     root = str(tmp_path_factory.mktemp('shapes'))

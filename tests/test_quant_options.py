@@ -3,18 +3,15 @@ import copy
 
 import pytest
 import torch
-from timm.models.vision_transformer import VisionTransformer
 
 import mmq
 from mmq.quantizers import AdaLogQuantizer, Log2Quantizer, LogSqrt2Quantizer, UniformQuantizer
-from .conftest import FAST_QUANT
+from .conftest import FAST_QUANT, tiny_vit
 
 
 @pytest.fixture(scope='module')
 def setup():
-    torch.manual_seed(0)
-    vit = VisionTransformer(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2,
-                            num_classes=4, class_token=False, global_pool='avg').eval()
+    vit = tiny_vit(32, 8, 32, 2, 4)
     g = torch.Generator().manual_seed(0)
     calib = [torch.randn(2, 3, 32, 32, generator=g) for _ in range(2)]
     test = torch.randn(4, 3, 32, 32, generator=g)

@@ -15,7 +15,7 @@ from mmq.calibration.units import Unit, build_units
 from mmq.models import QuantLinear, set_quant_enabled
 from mmq.models.aphq_options import ReconstructOptions
 from mmq.quantizers.uniform_quantizer import UniformQuantizer
-from .conftest import FAST_QUANT
+from .conftest import FAST_QUANT, tiny_vit
 
 
 def _toy_layer(seed: int = 0):
@@ -67,9 +67,7 @@ def test_adaround_regulariser_is_a_sum_over_rounding_variables():
 
 @pytest.fixture(scope='module')
 def calibrated_vit():
-    torch.manual_seed(0)
-    vit = VisionTransformer(img_size=64, patch_size=16, embed_dim=64, depth=2, num_heads=2,
-                            num_classes=10, class_token=False, global_pool='avg').eval()
+    vit = tiny_vit(64, 16, 64, 2, 10)
     g = torch.Generator().manual_seed(0)
     images = [torch.randn(2, 3, 64, 64, generator=g) for _ in range(2)]
     model = copy.deepcopy(vit)

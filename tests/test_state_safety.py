@@ -8,7 +8,6 @@ import sys
 
 import pytest
 import torch
-from timm.models.vision_transformer import VisionTransformer
 
 import mmq
 from mmq.calibration import load_partial_state, save_partial_state
@@ -17,7 +16,7 @@ from mmq.calibration.quantized_state import check_identity
 from mmq.hooks.quant_calibration_hook import check_checkpoint_matches
 from mmq.models import QuantConfig
 from mmq.utils import WorkDirLock
-from .conftest import FAST_QUANT
+from .conftest import FAST_QUANT, tiny_vit
 
 TOOL = os.path.join(os.path.dirname(__file__), '..', 'tools', 'quantize.py')
 
@@ -34,9 +33,7 @@ class Payload:
 
 @pytest.fixture(scope='module')
 def quantized():
-    torch.manual_seed(0)
-    model = VisionTransformer(img_size=32, patch_size=16, embed_dim=32, depth=1, num_heads=2,
-                              num_classes=4, class_token=False, global_pool='avg').eval()
+    model = tiny_vit(32, 16, 32, 1, 4)
     g = torch.Generator().manual_seed(0)
     float_model = copy.deepcopy(model)
     mmq.quantize(model, [torch.randn(2, 3, 32, 32, generator=g)], dict(FAST_QUANT))
