@@ -11,14 +11,13 @@ reciprocal), so chosen parameters agree up to ties (tested).
 ``MMQ_COMPILE=0`` (or a failed compile, logged once) uses the eager path.
 """
 import os
-from typing import Callable, Optional, Tuple
+from typing import Callable, Dict, Tuple
 
 import torch
 from mmengine.logging import print_log
 from torch import Tensor
 
-_compiled: Optional[Callable] = None
-_compiled_log: Optional[Callable] = None
+_compiled: Dict[Callable, Callable] = {}  # eager kernel -> its compiled version
 _disabled = False
 
 
@@ -35,25 +34,26 @@ def uniform_self_mse_eager(x: Tensor, scale: Tensor, zero_point: Tensor, qmax: f
     return (xq - x).pow(2).mean(dim=dims)
 
 
-def _fallback(e: Exception) -> None:
+def _run(eager: Callable, *args):
+    """``eager(*args)`` through its cached ``torch.compile`` version when compiling is
+    enabled; on a failed compile, warn once and use eager from then on."""
     global _disabled
-    _disabled = True
-    print_log(f'[mmq] torch.compile of the FPCS scoring failed ({type(e).__name__}: '
-              f'{str(e)[:200]}); using the eager path.', logger='current', level=30)
+    if compile_enabled():
+        try:
+            if eager not in _compiled:
+                _compiled[eager] = torch.compile(eager, dynamic=True)
+            return _compiled[eager](*args)
+        except Exception as e:  # noqa: BLE001  (no compiler, unsupported device, ...)
+            _disabled = True
+            print_log(f'[mmq] torch.compile of the FPCS scoring failed ({type(e).__name__}: '
+                      f'{str(e)[:200]}); using the eager path.', logger='current', level=30)
+    return eager(*args)
 
 
 def uniform_self_mse(x: Tensor, scale: Tensor, zero_point: Tensor, qmax: float,
                      dims: Tuple[int, ...]) -> Tensor:
     """:func:`uniform_self_mse_eager`, compiled when possible."""
-    global _compiled
-    if compile_enabled():
-        try:
-            if _compiled is None:
-                _compiled = torch.compile(uniform_self_mse_eager, dynamic=True)
-            return _compiled(x, scale, zero_point, qmax, dims)
-        except Exception as e:  # noqa: BLE001  (no compiler, unsupported device, ...)
-            _fallback(e)
-    return uniform_self_mse_eager(x, scale, zero_point, qmax, dims)
+    return _run(uniform_self_mse_eager, x, scale, zero_point, qmax, dims)
 
 
 def log_fake_quant_eager(x: Tensor, scale: Tensor, coef: Tensor, values: Tensor,
@@ -77,12 +77,4 @@ def log_fake_quant_eager(x: Tensor, scale: Tensor, coef: Tensor, values: Tensor,
 def log_fake_quant(x: Tensor, scale: Tensor, coef: Tensor, values: Tensor, max_code: int,
                    tiny: float) -> Tensor:
     """:func:`log_fake_quant_eager`, compiled when possible."""
-    global _compiled_log
-    if compile_enabled():
-        try:
-            if _compiled_log is None:
-                _compiled_log = torch.compile(log_fake_quant_eager, dynamic=True)
-            return _compiled_log(x, scale, coef, values, max_code, tiny)
-        except Exception as e:  # noqa: BLE001
-            _fallback(e)
-    return log_fake_quant_eager(x, scale, coef, values, max_code, tiny)
+    return _run(log_fake_quant_eager, x, scale, coef, values, max_code, tiny)
