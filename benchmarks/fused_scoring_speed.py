@@ -1,12 +1,16 @@
-"""Calibration time with and without the fused (torch.compile) FPCS scoring, in one process.
+"""Calibration time with and without the fast FPCS scoring paths, in one process.
+
+The fast paths: compiled (torch.compile) candidate fake-quant and error kernels, and Gram
+matrix output MSEs for Linear inputs / q of q @ k^T / Linear weights where they cost fewer
+FLOPs. The reference run turns both off (``MMQ_COMPILE=0 MMQ_GRAM=0``).
 
     python benchmarks/fused_scoring_speed.py [--blocks 2] [--images 8] [--threads 1]
 
 A DINOv2 ViT-S/14-shaped ``mmq.TimmViTDet`` (the converted DINOv2 weights when
 ``checkpoints/dinov2/vit_small_patch14_dinov2.pth`` exists, else random weights of the same
 shape) cut to ``--blocks`` blocks, W4A4 AdaLog + FPCS on ``--images`` 256x320 inputs
-(320 patch tokens). Runs eager (``MMQ_COMPILE=0``), then fused (a first tiny run compiles and
-is not timed), and prints both times, their ratio and each unit's output SQNR.
+(320 patch tokens). Runs eager, then fast (a first tiny run compiles and is not timed), and
+prints both times, their ratio and each unit's output SQNR.
 """
 import argparse
 import copy
@@ -42,7 +46,7 @@ def main() -> None:
     cfg = dict(w_bits=4, a_bits=4)
     results = {}
     for mode in ('0', '1'):
-        os.environ['MMQ_COMPILE'] = mode
+        os.environ['MMQ_COMPILE'] = os.environ['MMQ_GRAM'] = mode
         if mode == '1':  # compile once (cached for the rest of the process), untimed
             mmq.quantize(copy.deepcopy(backbone), images[:1], dict(cfg, search_rows=16))
         start = time.perf_counter()
@@ -51,10 +55,10 @@ def main() -> None:
                          {u['unit']: round(u['output_sqnr_db'], 3) for u in
                           report['units']})
     (t_eager, sq_eager), (t_fused, sq_fused) = results['0'], results['1']
-    print(f'eager {t_eager:.1f} s, fused {t_fused:.1f} s, speed-up {t_eager / t_fused:.2f}x '
+    print(f'eager {t_eager:.1f} s, fast {t_fused:.1f} s, speed-up {t_eager / t_fused:.2f}x '
           f'({args.blocks} blocks, {args.images} images, {args.threads} thread(s))')
     for unit in sq_eager:
-        print(f'  {unit}: unit output SQNR eager {sq_eager[unit]}, fused {sq_fused[unit]}')
+        print(f'  {unit}: unit output SQNR eager {sq_eager[unit]}, fast {sq_fused[unit]}')
 
 
 if __name__ == '__main__':

@@ -161,3 +161,82 @@ def test_fused_log_scoring_matches_fake_quant_log_and_compiles_to_the_same_choic
     assert eager.params[0, 0] == fused.params[0, 0]
     assert abs(float(fused.params[0, 1] / eager.params[0, 1]) - 1) <= 1e-3
     torch.testing.assert_close(fused.loss, eager.loss, rtol=1e-5, atol=1e-12)
+
+
+def test_gram_objectives_equal_the_direct_output_mse():
+    """InputGramMSE (a Linear's input, per tensor; q of q @ k^T, per head) and LinearWeightMSE
+    (per output channel) give the direct output MSE's losses up to float rounding."""
+    from mmq.quantizers.objectives import InputGramMSE, LinearWeightMSE
+    g = torch.Generator().manual_seed(5)
+    a = torch.randn(300, 24, generator=g)
+    w = torch.randn(72, 24, generator=g)
+    a_q = a + 0.05 * torch.randn(a.shape, generator=g)
+    w_q = w + 0.05 * torch.randn(w.shape, generator=g)
+    ref = a @ w.t()
+    cands = a.unsqueeze(0) + 0.1 * torch.randn(4, *a.shape, generator=g)
+    direct = output_mse(lambda x: x @ w_q.t(), ref)(cands.clone())
+    torch.testing.assert_close(InputGramMSE(a, w.t(), w_q.t())(cands), direct, rtol=1e-5,
+                               atol=0)
+    cands = w.unsqueeze(0) + 0.1 * torch.randn(4, *w.shape, generator=g)
+    direct = output_mse(lambda x: a_q @ x.transpose(-1, -2), ref, -1)(cands.clone())
+    torch.testing.assert_close(LinearWeightMSE(a, a_q, w)(cands), direct, rtol=1e-5, atol=0)
+    q = torch.randn(2, 3, 16, 8, generator=g)  # (windows, heads, queries, head dim)
+    kt = torch.randn(2, 3, 8, 40, generator=g)
+    kt_q = kt + 0.05 * torch.randn(kt.shape, generator=g)
+    cands = q.unsqueeze(0) + 0.1 * torch.randn(4, *q.shape, generator=g)
+    direct = output_mse(lambda x: x @ kt_q, q @ kt, 1)(cands.clone())
+    gram = InputGramMSE(q, kt, kt_q, group_axis=1)(cands)
+    assert gram.shape == direct.shape == (4, 3)
+    torch.testing.assert_close(gram, direct, rtol=1e-5, atol=0)
+
+
+@pytest.mark.parametrize('layer', ['linear', 'matmul'])
+def test_gram_and_direct_scoring_choose_the_same_parameters(monkeypatch, layer):
+    """A whole layer calibrated with and without the Gram objectives (MMQ_GRAM) ends with the
+    same quantizer parameters up to float-rounding ties and the same output SQNR (measured:
+    5 of 96 weight zero points differ on the Linear, each a tie of two candidates)."""
+    from mmq.models.quant_linear import QuantLinear
+    from mmq.models.quant_matmul import QuantMatMul
+    from mmq.quantizers import FPCSCalibrator, UniformQuantizer
+    from mmq.quantizers.layer_schedule import solve
+    results = {}
+    for flag in ('0', '1'):
+        monkeypatch.setenv('MMQ_GRAM', flag)
+        if layer == 'linear':
+            mod = QuantLinear.from_float(torch.nn.Linear(32, 96), UniformQuantizer(4, ch_axis=0),
+                                         UniformQuantizer(4))
+            torch.manual_seed(0)
+            torch.nn.init.normal_(mod.weight, std=0.2)
+            sample = torch.randn(512, 32, generator=torch.Generator().manual_seed(1))
+        else:
+            mod = QuantMatMul(UniformQuantizer(4, ch_axis=1), UniformQuantizer(4, ch_axis=1))
+            gen = torch.Generator().manual_seed(1)
+            sample = (torch.randn(2, 3, 16, 8, generator=gen),
+                      torch.randn(2, 3, 8, 48, generator=gen))
+        _, sqnr = solve(mod.calibration_problem(sample), lambda role: FPCSCalibrator(role), 1,
+                        b_is_weight=layer == 'linear')
+        results[flag] = sqnr, [t.clone() for n, t in mod.named_buffers() if n.endswith(
+            ('scale', 'zero_point'))]
+    (sqnr_direct, direct), (sqnr_gram, gram) = results['0'], results['1']
+    assert abs(sqnr_gram - sqnr_direct) < 0.02, (sqnr_gram, sqnr_direct)
+    for d, g in zip(direct, gram):
+        assert ((g - d).abs() > 1e-3 * d.abs()).float().mean() <= 0.06
+
+
+def test_compiled_kernels_take_one_rank_whatever_the_operand():
+    """Operands of rank 2 (weights, rows), 4 (per-head maps) and 5 reach the compiled kernels
+    in the one canonical rank (past dynamo's recompile limit they ran eager), and the
+    canonical view groups the same elements as ``group_rows``."""
+    from mmq.quantizers.fused_scores import canonical_groups
+    from mmq.quantizers.uniform import group_rows
+    g = torch.Generator().manual_seed(0)
+    for shape, axis in [((6, 10), 0), ((6, 10), None), ((2, 3, 4, 5), 1), ((2, 3, 4, 5, 6), 2),
+                        ((2, 3, 4, 5), -1)]:
+        x = torch.randn(shape, generator=g)
+        c = canonical_groups(x, axis)
+        assert c.dim() == 4 and c.shape[0] == 1
+        groups = 1 if axis is None else shape[axis]
+        assert c.shape[2] == groups
+        rows = group_rows(x, axis)
+        torch.testing.assert_close(c.transpose(1, 2).reshape(groups, -1).sort(1).values,
+                                   rows.sort(1).values)

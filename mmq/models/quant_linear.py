@@ -108,4 +108,4 @@ class QuantLinear(nn.Linear):
         return CalibrationProblem(
             a=rows, b=self.weight.detach(), qa=self.input_quantizer, qb=self.weight_quantizer,
             op=lambda a, b: torch.matmul(a, b.transpose(-1, -2)), out_axis_a=None,
-            out_axis_b=-1)
+            out_axis_b=-1, linear=True)

@@ -57,4 +57,4 @@ class QuantMatMul(nn.Module):
         a, b = samples
         return CalibrationProblem(a=a, b=b, qa=self.a_quantizer, qb=self.b_quantizer,
                                   op=torch.matmul, out_axis_a=_group_axis(self.a_quantizer),
-                                  out_axis_b=_group_axis(self.b_quantizer))
+                                  out_axis_b=_group_axis(self.b_quantizer), is_product=True)

@@ -24,9 +24,10 @@ from .beam_search import (BeamStep, SearchResult, beam_search, chunk_for, grid_s
                           repeat_each, spread, stack_params)
 from .log_quant import _TINY as LOG_TINY
 from .log_quant import log_levels
-from .fused_scores import log_fake_quant, uniform_self_mse
+from .fused_scores import (canonical_groups, log_fake_quant, uniform_fake_quant,
+                           uniform_self_mse)
 from .objectives import Objective, SelfMSE, self_mse
-from .uniform import fake_quant_uniform, group_rows, param_shape, quantile_rows
+from .uniform import group_rows, quantile_rows
 from .validation import LOG_BITS, UNIFORM_BITS, check_bits, check_finite
 
 
@@ -56,11 +57,6 @@ class LogSchedule:
     scale_range: Tuple[float, float] = (0.25, 1.25)  # x the initial scale
 
 
-def _per_candidate(values: Tensor, x: Tensor, ch_axis: Optional[int]) -> Tensor:
-    """``(groups, K)`` -> ``(K, *param_shape)`` broadcasting against ``(K, *x.shape)``."""
-    return values.t().reshape(values.shape[1], *param_shape(x, ch_axis))
-
-
 def uniform_init_grid(x: Tensor, bits: int, ch_axis: Optional[int], num_ranges: int,
                       num_zero_points: int,
                       fixed_zero_point: Optional[int] = None) -> Tuple[Tensor, Tensor]:
@@ -88,26 +84,20 @@ def uniform_init_grid(x: Tensor, bits: int, ch_axis: Optional[int], num_ranges: 
     return grid, spacing.to(x.dtype)
 
 
-def _group_dims(x: Tensor, ch_axis: Optional[int]) -> Tuple[int, ...]:
-    """Axes of ``(K, *x.shape)`` that a per-``ch_axis`` loss averages over."""
-    if ch_axis is None:
-        return tuple(range(1, x.dim() + 1))
-    axis = ch_axis % x.dim() + 1
-    return tuple(d for d in range(1, x.dim() + 1) if d != axis)
-
-
 def _uniform_score(x: Tensor, bits: int, ch_axis: Optional[int], objective: Objective):
     fused = (isinstance(objective, SelfMSE) and objective.x is x
              and objective.ch_axis == ch_axis)
-    dims = _group_dims(x, ch_axis)
+    xc = canonical_groups(x, ch_axis)  # (1, pre, G, post), a view
+    qmax = float(2**bits - 1)
 
     def score(cands: Tensor) -> Tensor:
-        scale = _per_candidate(cands[..., 0], x, ch_axis)
-        zp = _per_candidate(cands[..., 1], x, ch_axis)
+        k, groups = cands.shape[1], cands.shape[0]
+        scale = cands[..., 0].t().reshape(k, 1, groups, 1)
+        zp = cands[..., 1].t().reshape(k, 1, groups, 1)
         if fused:  # one pass per candidate, no (K, *x.shape) intermediates
-            losses = uniform_self_mse(x.unsqueeze(0), scale, zp, float(2**bits - 1), dims)
-            return losses.reshape(losses.shape[0], -1).t()
-        return objective(fake_quant_uniform(x.unsqueeze(0), scale, zp, bits)).t()
+            return uniform_self_mse(xc, scale, zp, qmax).t()
+        xq = uniform_fake_quant(xc, scale, zp, qmax).reshape(k, *x.shape)
+        return objective(xq).t()
 
     return score
 
@@ -168,16 +158,16 @@ def uniform_dense_grid(x: Tensor, bits: int, ch_axis: Optional[int], objective: 
 
 
 def _log_score(x: Tensor, bits: int, r: int, shift: float, table: bool, objective: Objective):
-    shifted = x.unsqueeze(0) + shift
+    shifted = x.reshape(1, -1) + shift
 
     def score(cands: Tensor) -> Tensor:
-        q = _per_candidate(cands[..., 0], x, None)
-        scale = _per_candidate(cands[..., 1], x, None)
+        q = cands[0, :, 0].unsqueeze(1)  # (K, 1): one per-tensor search
+        scale = cands[0, :, 1].unsqueeze(1)
         # One fused pass per candidate: codes, table lookup, scale (fake_quant_log's no-grad
         # path, compiled when possible).
         values = log_levels(bits, q.flatten(), r, table, x.dtype).to(x.device)
         xq = log_fake_quant(shifted, scale, -(r / q), values, 2**bits, LOG_TINY) - shift
-        return objective(xq).t()
+        return objective(xq.reshape(q.shape[0], *x.shape)).t()
 
     return score
 

@@ -9,9 +9,15 @@ same formula; they may differ in the last float bit (division vs. multiplication
 reciprocal), so chosen parameters agree up to ties (tested).
 
 ``MMQ_COMPILE=0`` (or a failed compile, logged once) uses the eager path.
+
+Every kernel takes its tensors in one canonical rank (:func:`canonical_groups`: ``x`` as
+``(1, pre, groups, post)``, parameters as ``(K, 1, groups, 1)``), so one compiled graph
+serves weights, rows and per-head operands alike: a new rank would recompile, and past
+dynamo's recompile limit the kernel silently ran eager.
 """
+import math
 import os
-from typing import Callable, Dict, Tuple
+from typing import Callable, Dict, Optional
 
 import torch
 from mmengine.logging import print_log
@@ -26,12 +32,31 @@ def compile_enabled() -> bool:
     return not _disabled and os.environ.get('MMQ_COMPILE', '1') != '0'
 
 
-def uniform_self_mse_eager(x: Tensor, scale: Tensor, zero_point: Tensor, qmax: float,
-                           dims: Tuple[int, ...]) -> Tensor:
-    """Mean over ``dims`` of ``(fake_quant(x) - x)^2`` for ``(K, ...)`` candidate parameters
-    broadcast against ``x`` (``(1, ...)``)."""
+def canonical_groups(x: Tensor, ch_axis: Optional[int], leading: int = 0) -> Tensor:
+    """``x`` viewed as ``(K, pre, groups, post)`` (no copy when contiguous): ``groups`` the
+    size of ``ch_axis`` of ``x.shape[leading:]`` (1 when ``None``), ``pre`` / ``post`` the
+    elements before / after it, ``K`` the first dim when ``leading=1`` (else 1)."""
+    k = x.shape[0] if leading else 1
+    shape = x.shape[leading:]
+    if ch_axis is None:
+        return x.reshape(k, 1, 1, -1)
+    axis = ch_axis % len(shape)
+    return x.reshape(k, math.prod(shape[:axis]), shape[axis], -1)
+
+
+def uniform_self_mse_eager(x: Tensor, scale: Tensor, zero_point: Tensor,
+                           qmax: float) -> Tensor:
+    """Per candidate and group, the mean of ``(fake_quant(x) - x)^2``: ``x`` canonical
+    ``(1, pre, G, post)``, parameters ``(K, 1, G, 1)``; returns ``(K, G)``."""
     xq = torch.clamp(torch.round(x / scale), -zero_point, qmax - zero_point) * scale
-    return (xq - x).pow(2).mean(dim=dims)
+    return (xq - x).pow(2).mean(dim=(1, 3))
+
+
+def uniform_fake_quant_eager(x: Tensor, scale: Tensor, zero_point: Tensor,
+                             qmax: float) -> Tensor:
+    """The no-autograd uniform fake-quant of ``K`` candidates (canonical shapes as
+    :func:`uniform_self_mse_eager`): ``(K, pre, G, post)``."""
+    return torch.clamp(torch.round(x / scale), -zero_point, qmax - zero_point) * scale
 
 
 def _run(eager: Callable, *args):
@@ -50,10 +75,25 @@ def _run(eager: Callable, *args):
     return eager(*args)
 
 
-def uniform_self_mse(x: Tensor, scale: Tensor, zero_point: Tensor, qmax: float,
-                     dims: Tuple[int, ...]) -> Tensor:
+def uniform_self_mse(x: Tensor, scale: Tensor, zero_point: Tensor, qmax: float) -> Tensor:
     """:func:`uniform_self_mse_eager`, compiled when possible."""
-    return _run(uniform_self_mse_eager, x, scale, zero_point, qmax, dims)
+    return _run(uniform_self_mse_eager, x, scale, zero_point, qmax)
+
+
+def uniform_fake_quant(x: Tensor, scale: Tensor, zero_point: Tensor, qmax: float) -> Tensor:
+    """:func:`uniform_fake_quant_eager`, compiled when possible."""
+    return _run(uniform_fake_quant_eager, x, scale, zero_point, qmax)
+
+
+def grouped_mse_eager(out: Tensor, ref: Tensor) -> Tensor:
+    """Per candidate and group, the mean of ``(out - ref)^2``: ``out`` canonical
+    ``(K, pre, G, post)``, ``ref`` ``(1, pre, G, post)``; returns ``(K, G)``."""
+    return (out - ref).pow(2).mean(dim=(1, 3))
+
+
+def grouped_mse(out: Tensor, ref: Tensor) -> Tensor:
+    """:func:`grouped_mse_eager`, compiled when possible."""
+    return _run(grouped_mse_eager, out, ref)
 
 
 def log_fake_quant_eager(x: Tensor, scale: Tensor, coef: Tensor, values: Tensor,
@@ -63,7 +103,7 @@ def log_fake_quant_eager(x: Tensor, scale: Tensor, coef: Tensor, values: Tensor,
     ``round(log2(x / s) * coef)`` (``coef = -r / q`` per candidate, broadcast like ``scale``)
     index each candidate's row of ``values`` (``(K, 2^b + 1)``, the last entry 0 for codes
     past the range)."""
-    x_t = torch.clamp(x / scale, tiny, 1.0)
+    x_t = torch.clamp(x / scale, tiny, 1.0)  # x (1, N), parameters (K, 1)
     idx = torch.clamp(torch.round(torch.log2(x_t) * coef), max=max_code).long()
     k = values.shape[0]
     if k == 1:

@@ -5,6 +5,7 @@ Every quantized layer is ``out = op(a, b)``: a Linear is ``a @ W^T`` (``a`` the 
 operand's candidates with the other operand held at its current quantized value, so one
 schedule serves every layer type.
 """
+import os
 from dataclasses import dataclass
 from typing import Callable, Optional, Tuple
 
@@ -13,7 +14,7 @@ from torch import Tensor
 
 from .calibrators import FPCSCalibrator
 from .base_quantizer import BaseQuantizer
-from .objectives import output_mse, self_mse, sqnr_db
+from .objectives import InputGramMSE, LinearWeightMSE, Objective, output_mse, self_mse, sqnr_db
 
 
 @dataclass
@@ -28,6 +29,11 @@ class CalibrationProblem:
     op: Callable[[Tensor, Tensor], Tensor]
     out_axis_a: Optional[int]
     out_axis_b: Optional[int]
+    linear: bool = False  # op(a, b) == a @ b^T with a (rows, in), b (out, in)
+    is_product: bool = False  # op(a, b) == a @ b (or a @ b^T when linear), batched
+
+    def __post_init__(self) -> None:
+        self.is_product = self.is_product or self.linear
 
     def quantized(self, which: str) -> Tensor:
         x, q = (self.a, self.qa) if which == 'a' else (self.b, self.qb)
@@ -44,6 +50,31 @@ class CalibrationProblem:
 
 
 CalibratorFactory = Callable[[str], object]  # role ('weight' / 'activation') -> calibrator
+
+
+def gram_enabled() -> bool:
+    """Whether Linear output MSEs may be computed through Gram matrices (``MMQ_GRAM`` not
+    ``0``); the same losses up to float rounding, fewer FLOPs where it is chosen."""
+    return os.environ.get('MMQ_GRAM', '1') != '0'
+
+
+def output_objective(problem: CalibrationProblem, which: str, ref: Tensor) -> Objective:
+    """The output-MSE objective for candidates of operand ``which``, the other operand held
+    at its quantized value: through Gram matrices where that costs fewer FLOPs (the left
+    operand of a product with more output columns than inner dims; a Linear weight scored on
+    more rows than inputs), else the direct batched op."""
+    gram = gram_enabled()
+    if which == 'b':
+        other = problem.quantized('a')
+        if gram and problem.linear and problem.a.shape[0] > problem.a.shape[1]:
+            return LinearWeightMSE(problem.a, other, problem.b)
+        return output_mse(lambda xq: problem.op(other, xq), ref, problem.out_axis_b)
+    other = problem.quantized('b')
+    # The right operand in a @ b layout (..., D, N): a Linear holds its weight as (N, D).
+    b, b_q = ((problem.b.t(), other.t()) if problem.linear else (problem.b, other))
+    if gram and problem.is_product and b.shape[-1] > b.shape[-2]:
+        return InputGramMSE(problem.a, b, b_q, problem.out_axis_a)
+    return output_mse(lambda xq: problem.op(xq, other), ref, problem.out_axis_a)
 
 
 def solve(problem: CalibrationProblem, make_calibrator: CalibratorFactory, rounds: int,
@@ -69,13 +100,5 @@ def solve(problem: CalibrationProblem, make_calibrator: CalibratorFactory, round
         for which, x, q in operands:
             if q is None:
                 continue
-            if which == 'b':
-                other = problem.quantized('a')
-                forward = (lambda xq, o=other: problem.op(o, xq))
-                axis = problem.out_axis_b
-            else:
-                other = problem.quantized('b')
-                forward = (lambda xq, o=other: problem.op(xq, o))
-                axis = problem.out_axis_a
-            calibrators[which](q, x, output_mse(forward, ref, axis))
+            calibrators[which](q, x, output_objective(problem, which, ref))
     return sqnr_init, problem.sqnr_db()

@@ -11,6 +11,8 @@ from typing import Callable, Optional
 import torch
 from torch import Tensor
 
+from .fused_scores import canonical_groups, grouped_mse
+
 Objective = Callable[[Tensor], Tensor]
 
 
@@ -49,11 +51,78 @@ def self_mse(x: Tensor, ch_axis: Optional[int] = None) -> Objective:
 def output_mse(forward: Callable[[Tensor], Tensor], reference: Tensor,
                out_ch_axis: Optional[int] = None) -> Objective:
     """MSE of ``forward(candidates)`` (batched over K) against the float ``reference`` output,
-    grouped along ``out_ch_axis`` of the output (``-1`` for a Linear's output channels)."""
-    return lambda xq: reduce_to_groups(_squared_error(forward(xq), reference), out_ch_axis)
+    grouped along ``out_ch_axis`` of the output (``-1`` for a Linear's output channels).
+
+    Without autograd the error and its reduction are one fused pass
+    (:func:`mmq.quantizers.fused_scores.grouped_mse`)."""
+    ref = canonical_groups(reference, out_ch_axis)
+
+    def objective(xq: Tensor) -> Tensor:
+        out = forward(xq)
+        if out.requires_grad:
+            return reduce_to_groups(_squared_error(out, reference), out_ch_axis)
+        axis = None if out_ch_axis is None else out_ch_axis % reference.dim()
+        return grouped_mse(canonical_groups(out, axis, leading=1), ref)
+
+    return objective
 
 
 def sqnr_db(reference: Tensor, output: Tensor) -> float:
     """Signal-to-quantization-noise ratio of ``output`` against ``reference`` in dB."""
     noise = (output - reference).pow(2).mean().clamp_min(1e-30)
     return float(10 * torch.log10(reference.pow(2).mean().clamp_min(1e-30) / noise))
+
+
+class InputGramMSE:
+    """Output MSE of candidates ``a_k`` for the left operand of ``a @ b`` (batched over any
+    leading dims) with ``b`` held at ``b_q``, against the float output ``a @ b``, grouped
+    along ``group_axis`` of the output (``None``: per tensor), computed through the
+    ``(D, D)`` Gram matrices of ``b_q`` instead of the ``(M, N)`` outputs.
+
+    With ``d = a_k - a`` and ``E = a (b_q - b)`` the output error is ``d b_q + E``, so
+    ``||d b_q + E||^2 = sum(d (b_q b_q^T) * d) + 2 sum(d * (E b_q^T)) + ||E||^2``: every term
+    is of the size of the error (no cancellation against the output's size) and a candidate
+    costs ``M x D^2`` instead of ``M x D x N`` per batch entry (cheaper when ``N > D``: a
+    Linear with more outputs than inputs, ``q`` of ``q @ k^T`` with more keys than head
+    dims). Same losses as :func:`output_mse` up to float rounding.
+    """
+
+    def __init__(self, a: Tensor, b: Tensor, b_q: Tensor,
+                 group_axis: Optional[int] = None) -> None:
+        self.a, self.group_axis = a, group_axis
+        self.gram = b_q @ b_q.transpose(-1, -2)
+        err = a @ (b_q - b)
+        self.cross = 2 * (err @ b_q.transpose(-1, -2))
+        self.const = canonical_groups(err.pow(2), group_axis).sum(dim=(1, 3))  # (1, G)
+        self.count = err.numel() // self.const.shape[1]
+
+    def __call__(self, xq: Tensor) -> Tensor:
+        d = xq - self.a
+        terms = torch.matmul(d, self.gram).add_(self.cross).mul_(d)
+        loss = canonical_groups(terms, self.group_axis, leading=1).sum(dim=(1, 3))
+        return (loss + self.const) / self.count
+
+
+class LinearWeightMSE:
+    """Output MSE per output channel of candidates ``w_k`` for the weight of ``a @ w^T`` with
+    the input held at ``a_q``, against the float output, through the ``(in, in)`` Gram matrix
+    of ``a_q`` (the weight-side twin of :class:`LinearInputMSE`).
+
+    With ``d = w_k - w`` and ``E = (a_q - a) w^T``, channel ``o``'s error is
+    ``a_q d_o + E_o``: ``||.||^2 = d_o (a_q^T a_q) d_o + 2 d_o . (a_q^T E_o) + ||E_o||^2``, so a
+    candidate costs ``out x in^2`` instead of ``rows x in x out`` (cheaper when
+    ``rows > in``).
+    """
+
+    def __init__(self, a: Tensor, a_q: Tensor, w: Tensor) -> None:
+        self.w = w
+        self.gram = a_q.t() @ a_q
+        err = (a_q - a) @ w.t()
+        self.cross = 2 * (err.t() @ a_q)
+        self.const = err.pow(2).sum(0)
+        self.rows = a.shape[0]
+
+    def __call__(self, wq: Tensor) -> Tensor:
+        d = wq - self.w
+        loss = (d @ self.gram).add_(self.cross).mul_(d).sum(dim=-1) + self.const
+        return loss / self.rows
