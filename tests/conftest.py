@@ -37,20 +37,34 @@ def shapes_data(tmp_path_factory):
     return root
 
 
-def swin_config(data_root: str, work_dir: str, quant_cfg: dict, tmp_path) -> Config:
-    """The stock Swin-T Mask R-CNN config, pointed at generated data, small test size."""
-    cfg = load_config(STOCK_SWIN)
+def _set_num_classes(node, n: int) -> None:
+    """Every multi-class head's ``num_classes`` (and Mask2Former's ``num_things_classes``) set
+    to ``n``; class-agnostic ones (an RPN's ``num_classes=1``) are left alone."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if (key in ('num_classes', 'num_things_classes') and isinstance(value, int)
+                    and value > 1):
+                node[key] = n
+            else:
+                _set_num_classes(value, n)
+    elif isinstance(node, list):
+        for value in node:
+            _set_num_classes(value, n)
+
+
+def stock_config(config: str, data_root: str, work_dir: str, quant_cfg: dict,
+                 size=(224, 160)) -> Config:
+    """A stock mmdet config (any detector family), pointed at generated data, small test
+    size, random weights, with the mmq calibration hook."""
+    cfg = load_config(config)
     classes = tuple(CATEGORIES)
     cfg.model.backbone.init_cfg = None
-    cfg.model.roi_head.bbox_head.num_classes = len(classes)
-    cfg.model.roi_head.mask_head.num_classes = len(classes)
-    cfg.model.test_cfg.rpn.nms_pre = 300
-    cfg.model.test_cfg.rpn.max_per_img = 100
-    cfg.model.test_cfg.rcnn.score_thr = 0.0
-    size = (224, 160)
+    _set_num_classes(cfg.model, len(classes))
     for loader, split in (('train_dataloader', 'train'), ('val_dataloader', 'val'),
                           ('test_dataloader', 'val')):
         ds = cfg[loader].dataset
+        while 'dataset' in ds and 'pipeline' not in ds:
+            ds = ds.dataset  # RepeatDataset & co.
         ds.data_root = data_root
         ds.ann_file = f'annotations/instances_{split}.json'
         ds.data_prefix = dict(img=f'{split}/')
@@ -63,7 +77,9 @@ def swin_config(data_root: str, work_dir: str, quant_cfg: dict, tmp_path) -> Con
         cfg[loader].batch_size = 1
     cfg.train_dataloader.dataset.filter_cfg = dict(filter_empty_gt=True, min_size=1)
     for ev in ('val_evaluator', 'test_evaluator'):
-        cfg[ev].ann_file = osp.join(data_root, 'annotations/instances_val.json')
+        evaluators = cfg[ev] if isinstance(cfg[ev], list) else [cfg[ev]]
+        for e in evaluators:
+            e.ann_file = osp.join(data_root, 'annotations/instances_val.json')
     cfg.test_pipeline = cfg.test_dataloader.dataset.pipeline
     cfg.work_dir = work_dir
     cfg.custom_imports = dict(imports=['mmq'], allow_failed_imports=False)
@@ -73,4 +89,13 @@ def swin_config(data_root: str, work_dir: str, quant_cfg: dict, tmp_path) -> Con
     ]
     cfg.default_hooks.logger.interval = 1
     cfg.log_level = 'WARNING'
+    return cfg
+
+
+def swin_config(data_root: str, work_dir: str, quant_cfg: dict, tmp_path) -> Config:
+    """The stock Swin-T Mask R-CNN config, pointed at generated data, small test size."""
+    cfg = stock_config(STOCK_SWIN, data_root, work_dir, quant_cfg)
+    cfg.model.test_cfg.rpn.nms_pre = 300
+    cfg.model.test_cfg.rpn.max_per_img = 100
+    cfg.model.test_cfg.rcnn.score_thr = 0.0
     return cfg

@@ -6,6 +6,7 @@ import re
 import subprocess
 import sys
 
+import pytest
 import torch
 from mmdet.registry import MODELS
 from mmdet.utils import register_all_modules
@@ -93,3 +94,37 @@ def test_hook_reports_an_empty_calibration_split(tmp_path):
     cfg = swin_config(root, str(tmp_path / 'w'), FAST_QUANT, tmp_path)
     with pytest.raises(ValueError, match='calibration dataset is empty'):
         Runner.from_cfg(cfg).test()
+
+
+@pytest.mark.parametrize('config', [
+    'mmdet::swin/retinanet_swin-t-p4-w7_fpn_1x_coco.py',  # one-stage
+    'mmdet::mask2former/mask2former_swin-t-p4-w7-224_8xb2-lsj-50e_coco.py',  # query-based
+])
+def test_stock_swin_detectors_of_other_families_quantize(shapes_data, tmp_path, config):
+    """Stock mmdet configs of other detector families (Mask R-CNN is the test above) with
+    their unchanged Swin-T backbone run through tools/quantize.py: every backbone Linear is
+    quantized and calibrated, COCO metrics come out, the state is saved."""
+    from .conftest import stock_config
+    cfg = stock_config(config, shapes_data, str(tmp_path / 'unused'), FAST_QUANT)
+    cfg.custom_hooks = [dict(type='mmq.QuantCalibrationHook', num_images=1)]
+    cfg.log_level = 'INFO'
+    register_all_modules()
+    torch.manual_seed(0)
+    model = MODELS.build(cfg.model)
+    ckpt = str(tmp_path / 'float.pth')
+    torch.save(dict(state_dict=model.state_dict()), ckpt)
+    cfg_file = str(tmp_path / 'quant_cfg.py')
+    cfg.dump(cfg_file)
+    work = str(tmp_path / 'work')
+    run = subprocess.run([sys.executable, TOOL, cfg_file, ckpt, '--work-dir', work],
+                         capture_output=True, text=True)
+    assert run.returncode == 0, (run.stdout + run.stderr)[-3000:]
+    metrics = json.loads(_metrics(run.stdout + run.stderr).replace("'", '"'))
+    assert 'coco/bbox_mAP' in metrics
+    report = json.load(open(osp.join(work, 'calibration_report.json')))
+    assert report['status'] == 'done'
+    layers = [layer for unit in report['units'] for layer in unit['layers']]
+    linears = sum(isinstance(m, torch.nn.Linear) for m in model.backbone.modules())
+    assert sum(layer['type'] == 'QuantLinear' for layer in layers) == linears
+    assert all(layer['quantizers'] for layer in layers)
+    assert osp.isfile(osp.join(work, 'quantized_state.pth'))

@@ -8,7 +8,8 @@ from typing import Callable, Dict, List, Optional
 import torch
 from torch import nn
 
-from mmq.models.layernorm_reparam import layernorm_linear_pairs, reparameterize
+from mmq.models.adapters import layernorm_pairs
+from mmq.models.layernorm_reparam import reparameterize
 from mmq.models.quant_config import QuantConfig
 from mmq.models.quant_linear import QuantLinear
 from mmq.models.quant_matmul import QuantMatMul
@@ -46,7 +47,7 @@ def _quantizer_params(layer: nn.Module) -> Dict[str, dict]:
 
 
 def _layernorm_reparam(unit: Unit, store: ActivationStore, bits: int) -> int:
-    pairs = [p for m in unit.module.modules() for p in layernorm_linear_pairs(m)]
+    pairs = [p for m in unit.module.modules() for p in layernorm_pairs(m)]
     if not pairs:
         return 0
     stats: Dict[int, List[torch.Tensor]] = {}

@@ -12,52 +12,16 @@ transform gives post-ReLU inputs that quantizer).
 """
 import math
 import time
-from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List
 
 import torch
-from mmcv.cnn.bricks.transformer import FFN
-from timm.layers import Mlp
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from mmq.models.adapters import MLPParts, find_mlps
 from mmq.models.aphq_options import MROptions
 from mmq.quantizers.objectives import sqnr_db
 from .aph import ImportanceMaps, aph_importance, aph_stats, rms_normalise
-
-
-@dataclass
-class MLPParts:
-    """One MLP: the module whose output APH perturbs, its two Linears and its activation."""
-    module: nn.Module
-    fc1: nn.Linear
-    fc2: nn.Linear
-    act: nn.Module
-    set_act: Callable[[nn.Module], None]
-
-    def forward(self, x: Tensor, act: Callable[[Tensor], Tensor],
-                ub: Optional[float] = None) -> Tensor:
-        h = act(self.fc1(x))
-        if ub is not None:
-            h = h.clamp(0, ub)
-        return self.fc2(h)
-
-
-def find_mlps(model: nn.Module) -> List[MLPParts]:
-    """Every two-layer MLP of ``model`` (mmcv ``FFN`` in Swin, timm ``Mlp`` in ViT), in order."""
-    found = []
-    for m in model.modules():
-        if isinstance(m, FFN):
-            layers = list(m.layers)
-            if (len(layers) == 3 and isinstance(layers[0], nn.Sequential)
-                    and isinstance(layers[0][0], nn.Linear) and isinstance(layers[1], nn.Linear)):
-                seq = layers[0]
-                found.append(MLPParts(m, seq[0], layers[1], seq[1],
-                                      lambda a, s=seq: s.__setitem__(1, a)))
-        elif isinstance(m, Mlp) and isinstance(m.norm, nn.Identity):
-            found.append(MLPParts(m, m.fc1, m.fc2, m.act,
-                                  lambda a, mlp=m: setattr(mlp, 'act', a)))
-    return found
 
 
 def apply_relu(model: nn.Module) -> int:

@@ -4,42 +4,16 @@ Post-LayerNorm activations differ in range channel by channel. From per-channel
 ``(s_c, z_c)`` take ``s~ = mean(s_c)``, ``z~ = round(mean(z_c))``, ``r = s_c / s~`` and
 ``b = s~ (z~ - z_c)``; fold ``1 / r`` and ``-b`` into the LayerNorm and ``r``, ``b`` into the
 next Linear (creating a bias if needed). The float function is unchanged; the Linear's input
-then takes one per-tensor quantizer.
+then takes one per-tensor quantizer. Which LayerNorm feeds which Linear comes from the
+backbone adapters (:func:`mmq.models.adapters.layernorm_pairs`).
 """
-from typing import List, Optional, Tuple
+from typing import Optional
 
 import torch
-from mmcv.cnn.bricks.transformer import PatchMerging
-from mmdet.models.backbones.swin import SwinBlock
-from timm.models.vision_transformer import Block
 from torch import Tensor, nn
 
 from mmq.quantizers.uniform import range_to_params
 from .quant_linear import QuantLinear
-
-# (LayerNorm, the Linear it feeds, the buffer that must hold the offset b or None)
-Pair = Tuple[nn.LayerNorm, QuantLinear, Optional[Tensor]]
-
-
-def layernorm_linear_pairs(module: nn.Module) -> List[Pair]:
-    """The (LayerNorm, Linear, offset buffer) triples inside one block, found by block type.
-
-    Swin's window attention zero-pads its (normalised) input: its offset buffer keeps the
-    padding equal to the float model's after reparameterization.
-    """
-    if isinstance(module, SwinBlock):
-        pairs = [(module.norm1, module.attn.w_msa.qkv,
-                  getattr(module.attn.w_msa, 'pad_offset', None)),
-                 (module.norm2, module.ffn.layers[0][0], None)]
-    elif isinstance(module, PatchMerging):
-        pairs = [(module.norm, module.reduction, None)]
-    elif isinstance(module, Block):
-        pairs = [(module.norm1, module.attn.qkv, None), (module.norm2, module.mlp.fc1, None)]
-    else:
-        return []
-    return [(ln, lin, off) for ln, lin, off in pairs
-            if isinstance(ln, nn.LayerNorm) and ln.elementwise_affine
-            and isinstance(lin, QuantLinear)]
 
 
 @torch.no_grad()
