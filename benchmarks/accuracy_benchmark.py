@@ -44,13 +44,15 @@ METHODS = {
     'adalog-fpcs+rec': dict(stages=['calibrate', 'reconstruct'], reconstruct=REC_DEMO),
     'adalog-fpcs+mr+rec': dict(stages=['mr', 'calibrate', 'reconstruct'], mr=MR_DEMO,
                                reconstruct=REC_DEMO),
-    # Activation ablation (issue: which 4-bit activation role costs most): 8-bit weights, or
-    # one activation role at 8 bits.
     'adalog-fpcs+rec-logscale': dict(stages=['calibrate', 'reconstruct'],
                                      reconstruct=dict(REC_DEMO, learn_log_scales=True)),
+    # Activation ablation (issue: which 4-bit activation role costs most): 8-bit weights, or
+    # one activation role at 8 bits.
     'adalog-fpcs-w8': dict(w_bits=8),
     # Outlier-aware row sampling: a quarter of the search rows are the largest tokens.
     'adalog-fpcs-outliers': dict(search_outliers=0.25),
+    # LayerNorm reparameterization from searched (not min / max) per-channel ranges.
+    'adalog-fpcs-lnsearch': dict(ln_reparam_ranges='search'),
     **{f'adalog-fpcs-{role}8': dict(role_bits={role: 8})
        for role in ('ln_input', 'qk', 'v', 'post_softmax', 'proj_input', 'post_gelu', 'other')},
 }

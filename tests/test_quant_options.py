@@ -92,6 +92,25 @@ def test_ln_reparam_keeps_the_float_function_and_changes_the_quantized_one(setup
         torch.testing.assert_close(on(test), ref, rtol=1e-4, atol=1e-4)
 
 
+def test_searched_layernorm_ranges_keep_the_float_function_and_ignore_outlier_tokens(setup):
+    """ln_reparam_ranges='search' changes the quantized model, not the float one; on rows with
+    a few outlier tokens the searched per-channel ranges are narrower than min / max."""
+    from mmq.calibration.block_calibration import _searched_ranges
+    vit, calib, test, ref = setup
+    searched, out_searched, _ = _run(setup, ln_reparam_ranges='search')
+    _, out_minmax, _ = _run(setup, ln_reparam_ranges='minmax')
+    assert not torch.equal(out_searched, out_minmax)
+    mmq.models.set_quant_enabled(searched, False)
+    with torch.no_grad():
+        torch.testing.assert_close(searched(test), ref, rtol=1e-4, atol=1e-4)
+    g = torch.Generator().manual_seed(0)
+    rows = torch.randn(2048, 16, generator=g)
+    rows[:4] *= 50  # four high-norm tokens
+    lo, hi = _searched_ranges(rows, 4)
+    assert (hi < rows.amax(0)).all() and (lo > rows.amin(0)).all()
+    assert (hi - lo).mean() < 0.5 * (rows.amax(0) - rows.amin(0)).mean()
+
+
 def test_more_rounds_do_not_hurt(setup):
     _, _, one = _run(setup, rounds=1)
     _, _, three = _run(setup, rounds=3)

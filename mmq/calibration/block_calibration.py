@@ -11,10 +11,11 @@ from torch import nn
 from mmq.models.adapters import layernorm_pairs
 from mmq.models.layernorm_reparam import reparameterize
 from mmq.models.quant_config import QuantConfig
-from mmq.models.quant_linear import QuantLinear
+from mmq.models.quant_linear import QuantLinear, sample_rows
 from mmq.models.quant_matmul import QuantMatMul
 from mmq.models.transform import QUANT_LAYERS, set_quant_enabled
 from mmq.quantizers.base_quantizer import BaseQuantizer
+from mmq.quantizers.fpcs import fpcs_uniform
 from mmq.quantizers.layer_schedule import solve
 from mmq.quantizers.objectives import sqnr_db
 from mmq.quantizers.validation import check_finite
@@ -46,14 +47,32 @@ def _quantizer_params(layer: nn.Module) -> Dict[str, dict]:
     return out
 
 
-def _layernorm_reparam(unit: Unit, store: ActivationStore, bits: int) -> int:
+LN_SEARCH_ROWS = 4096  # rows per LayerNorm -> Linear pair for ln_reparam_ranges='search'
+
+
+def _searched_ranges(rows: torch.Tensor, bits: int) -> tuple:
+    """Per-channel (min, max) from a per-channel FPCS self-MSE search on ``rows``."""
+    result = fpcs_uniform(rows, bits, ch_axis=1, role='activation')
+    scale, zp = result.params[:, 0], result.params[:, 1]
+    return -zp * scale, (2**bits - 1 - zp) * scale
+
+
+def _layernorm_reparam(unit: Unit, store: ActivationStore, qcfg: QuantConfig,
+                       generator: torch.Generator) -> int:
     pairs = [p for m in unit.module.modules() for p in layernorm_pairs(m)]
     if not pairs:
         return 0
+    search = qcfg.ln_reparam_ranges == 'search'
+    bits = qcfg.bits_for('ln_input')
+    per_item = max(1, math.ceil(LN_SEARCH_ROWS / max(1, len(store))))
     stats: Dict[int, List[torch.Tensor]] = {}
+    rows: Dict[int, List[torch.Tensor]] = {}
 
     def hook(layer, args):
         x = args[0].detach().reshape(-1, layer.in_features)
+        if search:
+            rows.setdefault(id(layer), []).append(sample_rows(x, per_item, generator))
+            return
         lo, hi = x.amin(0), x.amax(0)
         if id(layer) in stats:
             stats[id(layer)][0] = torch.minimum(stats[id(layer)][0], lo)
@@ -67,6 +86,8 @@ def _layernorm_reparam(unit: Unit, store: ActivationStore, bits: int) -> int:
     finally:
         for h in handles:
             h.remove()
+    for lin_id, parts in rows.items():
+        stats[lin_id] = list(_searched_ranges(torch.cat(parts), bits))
     for norm, lin, offset in pairs:
         reparameterize(norm, lin, *stats[id(lin)], bits, offset)
     return 1
@@ -150,7 +171,8 @@ def calibrate_unit(unit: Unit, store: ActivationStore, qcfg: QuantConfig,
     layers = [m for m in unit.module.modules() if isinstance(m, QUANT_LAYERS)]
     passes = 0
     if qcfg.ln_reparam:
-        passes += _layernorm_reparam(unit, store, qcfg.a_bits)
+        passes += _layernorm_reparam(unit, store, qcfg, torch.Generator().manual_seed(
+            qcfg.seed * 100003 + index + 50021))
     samples = capture_samples(layers, _run_store(unit, store), qcfg, generator, len(store))
     passes += 1
     layer_reports = calibrate_layers(layers, samples, qcfg, names, f'calibration unit {unit.name}')

@@ -97,7 +97,7 @@ def _eval_fields(cfg: dict) -> dict:
     """The fields evaluation depends on (calibration-time settings excluded)."""
     calib_only = {'search_rows', 'search_windows', 'search_queries', 'rounds', 'seed',
                   'uniform_schedule', 'log_schedule', 'calibrator', 'mr', 'reconstruct',
-                  'percentile', 'search_outliers'}
+                  'percentile', 'search_outliers', 'ln_reparam_ranges'}
     return {k: v for k, v in cfg.items() if k not in calib_only}
 
 

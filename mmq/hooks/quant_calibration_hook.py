@@ -215,9 +215,10 @@ class QuantCalibrationHook(Hook):
             runner.logger.info(f"[mmq] stage {stage} done in {stage_report['seconds']:.1f} s; "
                                f'saved {stage_path}')
 
-        report = quantize(model, loader, qcfg, runner.logger,
-                          int(self.activation_budget_gb * 1024**3),
-                          spill_dir, on_unit_done, resume, on_stage_done)
+        report = quantize(model, loader, qcfg, logger=runner.logger,
+                          activation_budget_bytes=int(self.activation_budget_gb * 1024**3),
+                          spill_dir=spill_dir, on_unit_done=on_unit_done, resume=resume,
+                          on_stage_done=on_stage_done)
         report['status'] = 'done'
         report['calibration_images'] = identity['images']
         report['checkpoint_sha256'] = identity['checkpoint_sha256']

@@ -51,6 +51,10 @@ class QuantConfig:
         scope: 'backbone' (default) or 'detector' (also neck and heads; ConvTranspose2d stays
             float).
         ln_reparam: LayerNorm scale reparameterization of the qkv / fc1 / reduction inputs.
+        ln_reparam_ranges: Per-channel ranges the reparameterization equalises: 'minmax'
+            (RepQ-ViT: raw min / max of the calibration set) or 'search' (as the published
+            AdaLog code: a per-channel FPCS self-MSE search on ``LN_SEARCH_ROWS`` sampled rows,
+            so a few outlier tokens do not set a channel's range).
         rounds: Rounds of [weights, activations] output-MSE search after the self-MSE
             initialisation (published: 3).
         search_rows: Rows (tokens, patches) per layer that candidates are scored on.
@@ -88,6 +92,7 @@ class QuantConfig:
     calibrator: str = 'fpcs'
     scope: str = 'backbone'
     ln_reparam: bool = True
+    ln_reparam_ranges: str = 'minmax'
     rounds: int = 1
     search_rows: int = 256
     search_windows: int = 32
@@ -126,7 +131,8 @@ class QuantConfig:
                 check_bits(bits, UNIFORM_BITS, f'role_bits.{role}')
         for name, allowed in (('softmax', POWER_LAW_QUANTIZERS), ('gelu', POWER_LAW_QUANTIZERS),
                               ('calibrator', CALIBRATORS), ('scope', SCOPES),
-                              ('dequant', ('table', 'exact'))):
+                              ('dequant', ('table', 'exact')),
+                              ('ln_reparam_ranges', ('minmax', 'search'))):
             if getattr(self, name) not in allowed:
                 raise ValueError(f'quant_cfg.{name}={getattr(self, name)!r} is not one of '
                                  f'{allowed}.')
