@@ -92,9 +92,10 @@ def test_ln_reparam_keeps_the_float_function_and_changes_the_quantized_one(setup
         torch.testing.assert_close(on(test), ref, rtol=1e-4, atol=1e-4)
 
 
-def test_searched_layernorm_ranges_keep_the_float_function_and_ignore_outlier_tokens(setup):
+def test_searched_layernorm_ranges_keep_the_float_function_and_lower_the_channel_error(setup):
     """ln_reparam_ranges='search' changes the quantized model, not the float one; on rows with
-    a few outlier tokens the searched per-channel ranges are narrower than min / max."""
+    a few outlier tokens the searched per-channel ranges quantize each channel with less
+    error than its min / max range does."""
     from mmq.calibration.block_calibration import _searched_ranges
     vit, calib, test, ref = setup
     searched, out_searched, _ = _run(setup, ln_reparam_ranges='search')
@@ -106,9 +107,16 @@ def test_searched_layernorm_ranges_keep_the_float_function_and_ignore_outlier_to
     g = torch.Generator().manual_seed(0)
     rows = torch.randn(2048, 16, generator=g)
     rows[:4] *= 50  # four high-norm tokens
-    lo, hi = _searched_ranges(rows, 4)
-    assert (hi < rows.amax(0)).all() and (lo > rows.amin(0)).all()
-    assert (hi - lo).mean() < 0.5 * (rows.amax(0) - rows.amin(0)).mean()
+    from mmq.quantizers.uniform import fake_quant_uniform, range_to_params
+
+    def channel_error(lo, hi):
+        scale, zp = range_to_params(lo, hi, 4)
+        return (fake_quant_uniform(rows, scale, zp, 4) - rows).pow(2).mean(0)
+
+    searched_error = channel_error(*_searched_ranges(rows, 4))
+    minmax_error = channel_error(rows.amin(0), rows.amax(0))
+    assert (searched_error <= minmax_error * 1.0001).all()
+    assert searched_error.mean() < 0.95 * minmax_error.mean()  # measured 0.882 vs 0.955
 
 
 def test_more_rounds_do_not_hurt(setup):
