@@ -193,7 +193,7 @@ def test_stages_through_the_hook_save_stage_results_and_restart_from_one(shapes_
     result lands in the work dir; a second run started from ``stage_calibrate.pth`` only
     reconstructs and ends in the same state; the saved state reloads (ReLU MLPs included)."""
     from mmengine.runner import Runner
-    from mmq.hooks.quant_calibration_hook import PARTIAL_FILE, STATE_FILE
+    from mmq.calibration.work_dir import PARTIAL_FILE, STATE_FILE
     from .conftest import swin_config
     quant = dict(FAST_QUANT, stages=['mr', 'calibrate', 'reconstruct'],
                  mr=dict(iters=5, batch=256, rows=256),

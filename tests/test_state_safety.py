@@ -185,3 +185,41 @@ def test_role_bits_are_applied_and_survive_save_and_load(tmp_path, quantized):
 def test_bad_quant_cfg_values_are_named(bad, message):
     with pytest.raises(ValueError, match=message.replace('(', r'\(')):
         QuantConfig(**bad)
+
+
+def test_work_dir_calibration_resumes_without_a_runner(tmp_path, monkeypatch):
+    """calibrate_in_work_dir (the library call under the hook): a run killed after two units
+    leaves a partial state, the rerun resumes it and ends bit-identical to an uninterrupted
+    run; a rerun with other images is refused."""
+    from mmq.calibration.work_dir import PARTIAL_FILE, WorkDirCheckpointer, calibrate_in_work_dir
+    vit = tiny_vit(32, 16, 32, 2, 4)
+    g = torch.Generator().manual_seed(0)
+    images = [torch.randn(2, 3, 32, 32, generator=g) for _ in range(2)]
+    qcfg = QuantConfig.from_dict(FAST_QUANT)
+    identity = dict(checkpoint_sha256='abc', images=['a.jpg', 'b.jpg'], seed=0,
+                    mmq_version=mmq.__version__)
+    full = copy.deepcopy(vit)
+    calibrate_in_work_dir(full, images, qcfg, str(tmp_path / 'full'), identity)
+
+    save = WorkDirCheckpointer.on_unit_done
+
+    def save_then_crash(self, report):
+        save(self, report)
+        if len(self.done_units) == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(WorkDirCheckpointer, 'on_unit_done', save_then_crash)
+    work = str(tmp_path / 'killed')
+    with pytest.raises(KeyboardInterrupt):
+        calibrate_in_work_dir(copy.deepcopy(vit), images, qcfg, work, identity)
+    monkeypatch.setattr(WorkDirCheckpointer, 'on_unit_done', save)
+    assert os.path.isfile(os.path.join(work, PARTIAL_FILE))
+    with pytest.raises(ValueError, match='images'):
+        calibrate_in_work_dir(copy.deepcopy(vit), images, qcfg, work,
+                              dict(identity, images=['c.jpg', 'd.jpg']))
+    resumed = copy.deepcopy(vit)
+    report = calibrate_in_work_dir(resumed, images, qcfg, work, identity)
+    assert report['status'] == 'done' and len(report['units']) == 4
+    assert not os.path.isfile(os.path.join(work, PARTIAL_FILE))
+    for (k, a), (_, b) in zip(full.state_dict().items(), resumed.state_dict().items()):
+        assert torch.equal(a, b), k

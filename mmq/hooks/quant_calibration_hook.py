@@ -1,7 +1,5 @@
 """``QuantCalibrationHook``: quantize and calibrate the model before the Runner tests it."""
-import os
 import os.path as osp
-import shutil
 from typing import Optional
 
 import torch
@@ -11,26 +9,22 @@ from mmengine.hooks import Hook
 from mmengine.model import is_model_wrapper
 from torch.utils.data import DataLoader, Subset
 
-from mmq.calibration import (load_partial_state, load_quantized_state, quantize,
-                             save_partial_state, save_quantized_state)
+from mmq.calibration import load_quantized_state
 from mmq.calibration.quantize import prepare
-from mmq.calibration.quantized_state import check_identity
+from mmq.calibration.work_dir import STATE_FILE, calibrate_in_work_dir
 from mmq.models.quant_config import QuantConfig
 from mmq.registry import HOOKS
-from mmq.utils import WorkDirLock, atomic_write, file_sha256, write_json
+from mmq.utils import file_sha256
 from mmq.version import __version__
-
-STATE_FILE = 'quantized_state.pth'
-PARTIAL_FILE = 'quantized_state.partial.pth'
-REPORT_FILE = 'calibration_report.json'
 
 
 @HOOKS.register_module()
 class QuantCalibrationHook(Hook):
     """Quantize the model and calibrate it on training images before test / val.
 
-    The work is :func:`mmq.quantize`; this hook only builds the calibration data, logs,
-    saves the quantized state and report to the work dir, and keeps ranks identical.
+    The work is :func:`mmq.calibration.work_dir.calibrate_in_work_dir` (:func:`mmq.quantize`
+    with resumable files in the work dir); this hook only builds the calibration data and the
+    identity a resumed state must match, and keeps ranks identical.
 
     Args:
         quant_cfg (dict, optional): :class:`mmq.QuantConfig` fields; ``None`` reads the
@@ -139,7 +133,7 @@ class QuantCalibrationHook(Hook):
         if not is_main_process():
             prepare(model, qcfg)  # the structure rank 0's state is loaded into
         if is_main_process():
-            report = self._calibrate(runner, model, qcfg, state_path)
+            report = self._calibrate(runner, model, qcfg)
             state = [model.state_dict()]
             runner.logger.info(f"[mmq] calibrated in {report['seconds']:.1f} s; saved "
                                f'{state_path}')
@@ -149,24 +143,6 @@ class QuantCalibrationHook(Hook):
                 model.load_state_dict(state[0])
         self._done = True
 
-    def _resume_state(self, partial_path: str, identity: dict) -> Optional[dict]:
-        if self.resume and osp.isfile(partial_path):
-            partial = load_partial_state(partial_path)
-            check_identity(partial, identity, partial_path)
-            return partial
-        if self.resume_from:
-            if not osp.isfile(self.resume_from):
-                raise FileNotFoundError(f'resume_from={self.resume_from!r} does not exist: give '
-                                        'a stage_<name>.pth from an earlier run\'s work dir.')
-            if osp.basename(self.resume_from) == STATE_FILE:
-                raise ValueError(f'resume_from={self.resume_from!r} is a finished quantized '
-                                 'state, not a stage result: evaluate it with --quant-state '
-                                 '(load_state), or resume from a stage_<name>.pth.')
-            partial = load_partial_state(self.resume_from)
-            check_identity(partial, identity, self.resume_from)
-            return partial
-        return None
-
     def _identity(self, runner, loader: DataLoader) -> dict:
         """What a partial state must have been made from to be resumed by this run."""
         ckpt = runner.cfg.get('load_from')
@@ -175,58 +151,13 @@ class QuantCalibrationHook(Hook):
                             for i in loader.dataset.indices],
                     seed=self.seed, mmq_version=__version__)
 
-    def _calibrate(self, runner, model, qcfg: QuantConfig, state_path: str) -> dict:
+    def _calibrate(self, runner, model, qcfg: QuantConfig) -> dict:
         loader = self.calibration_loader(runner)
-        work_dir = runner.work_dir
-        os.makedirs(work_dir, exist_ok=True)
-        identity = self._identity(runner, loader)
-        with WorkDirLock(work_dir):
-            return self._calibrate_locked(runner, model, qcfg, state_path, loader, identity)
-
-    def _calibrate_locked(self, runner, model, qcfg: QuantConfig, state_path: str,
-                          loader: DataLoader, identity: dict) -> dict:
-        work_dir = runner.work_dir
-        report_path = osp.join(work_dir, REPORT_FILE)
-        partial_path = osp.join(work_dir, PARTIAL_FILE)
-        spill_dir = osp.join(work_dir, 'activations')
-        if osp.isdir(spill_dir):  # left by a killed run: never read again
-            shutil.rmtree(spill_dir)
-            runner.logger.info(f'[mmq] removed stale spilled activations {spill_dir}')
-        resume = self._resume_state(partial_path, identity)
-        done_units = list(resume['reports']) if resume else []
-        stages_done = list(resume.get('stages_done', [])) if resume else []
-
-        def on_unit_done(unit_report: dict) -> None:  # finished work survives a crash
-            done_units.append(unit_report)
-            write_json(report_path, dict(status='running', units=done_units))
-            stage = unit_report.get('stage', 'calibrate')
-            if stage != 'mr' and unit_report['index'] >= 0:  # a backbone unit: checkpoint
-                save_partial_state(model, partial_path, qcfg, unit_report['index'] + 1,
-                                   done_units, stage, stages_done, identity)
-
-        def on_stage_done(stage: str, finished: list, stage_report: dict) -> None:
-            stages_done[:] = finished
-            rest = [s for s in qcfg.stages if s not in finished]
-            nxt = rest[0] if rest else None
-            stage_path = osp.join(work_dir, f'stage_{stage}.pth')
-            save_partial_state(model, stage_path, qcfg, 0, done_units, nxt, finished, identity)
-            # the same state: copied, not saved again
-            atomic_write(partial_path, lambda tmp: shutil.copyfile(stage_path, tmp))
-            runner.logger.info(f"[mmq] stage {stage} done in {stage_report['seconds']:.1f} s; "
-                               f'saved {stage_path}')
-
-        report = quantize(model, loader, qcfg, logger=runner.logger,
-                          activation_budget_bytes=int(self.activation_budget_gb * 1024**3),
-                          spill_dir=spill_dir, on_unit_done=on_unit_done, resume=resume,
-                          on_stage_done=on_stage_done)
-        report['status'] = 'done'
-        report['calibration_images'] = identity['images']
-        report['checkpoint_sha256'] = identity['checkpoint_sha256']
-        save_quantized_state(model, state_path, qcfg)
-        write_json(report_path, report)
-        if osp.exists(partial_path):
-            os.remove(partial_path)
-        return report
+        return calibrate_in_work_dir(
+            model, loader, qcfg, runner.work_dir, self._identity(runner, loader),
+            resume=self.resume, resume_from=self.resume_from,
+            activation_budget_bytes=int(self.activation_budget_gb * 1024**3),
+            logger=runner.logger)
 
 
 def check_checkpoint_matches(model, path: str) -> None:

@@ -1,0 +1,54 @@
+"""Calibration on a GPU matches the CPU result (skipped without CUDA).
+
+None of these has run yet: no GPU was available where mmq is developed (see the README).
+"""
+import copy
+
+import pytest
+import torch
+
+import mmq
+from .conftest import FAST_QUANT, tiny_vit
+
+pytestmark = [
+    pytest.mark.cuda,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA GPU')
+]
+
+
+def _calibrate_both(model: torch.nn.Module, images: list, cfg: dict):
+    cpu = copy.deepcopy(model)
+    mmq.quantize(cpu, images, cfg)
+    gpu = copy.deepcopy(model).cuda()
+    mmq.quantize(gpu, [x.cuda() for x in images], cfg)
+    return cpu, gpu
+
+
+def _assert_close_models(cpu, gpu, test: torch.Tensor, max_rel_mse: float) -> None:
+    for name, buf in gpu.named_buffers():
+        assert buf.device.type == 'cuda', f'{name} stayed on {buf.device}'
+    with torch.no_grad():
+        ref = cpu(test)
+        out = gpu(test.cuda())
+        out = (out if torch.is_tensor(out) else out[-1]).cpu()
+        ref = ref if torch.is_tensor(ref) else ref[-1]
+    assert float((out - ref).pow(2).mean() / ref.pow(2).mean()) < max_rel_mse
+
+
+def test_vit_calibration_on_gpu_matches_cpu():
+    vit = tiny_vit(32, 8, 32, 2, 4)
+    g = torch.Generator().manual_seed(0)
+    images = [torch.randn(2, 3, 32, 32, generator=g) for _ in range(2)]
+    cpu, gpu = _calibrate_both(vit, images, dict(FAST_QUANT))
+    _assert_close_models(cpu, gpu, torch.randn(4, 3, 32, 32, generator=g), 1e-2)
+
+
+def test_swin_calibration_on_gpu_matches_cpu():
+    from mmdet.models.backbones import SwinTransformer
+    torch.manual_seed(0)
+    swin = SwinTransformer(embed_dims=32, depths=[1, 1], num_heads=[2, 2], window_size=4,
+                           out_indices=(0, 1)).eval()
+    g = torch.Generator().manual_seed(0)
+    images = [torch.randn(1, 3, 64, 64, generator=g) for _ in range(2)]
+    cpu, gpu = _calibrate_both(swin, images, dict(FAST_QUANT))
+    _assert_close_models(cpu, gpu, torch.randn(1, 3, 64, 64, generator=g), 1e-2)
