@@ -4,11 +4,11 @@ Importing ``mmq`` registers its quantizers, calibrators, models and hooks.
 """
 from . import hooks, models, quantizers  # noqa: F401  (registers modules)
 from .calibration import load_quantized_state, quantize, save_quantized_state
-from .models import QuantConfig
-from .registry import CALIBRATORS, HOOKS, MODELS, QUANTIZERS
+from .config import QuantConfig
+from .registry import BACKBONE_ADAPTERS, CALIBRATORS, HOOKS, MODELS, QUANTIZERS
 from .version import __version__
 
 __all__ = [
-    'CALIBRATORS', 'HOOKS', 'MODELS', 'QUANTIZERS', 'QuantConfig', 'quantize',
+    'BACKBONE_ADAPTERS', 'CALIBRATORS', 'HOOKS', 'MODELS', 'QUANTIZERS', 'QuantConfig', 'quantize',
     'load_quantized_state', 'save_quantized_state', '__version__'
 ]

@@ -13,7 +13,7 @@ from mmq.calibration.activation_store import ActivationStore
 from mmq.calibration.block_reconstruction import _QDrop, _act_quantizers, reconstruct_unit
 from mmq.calibration.units import Unit, build_units
 from mmq.models import QuantLinear, set_quant_enabled
-from mmq.models.aphq_options import ReconstructOptions
+from mmq.config.aphq_options import ReconstructOptions
 from mmq.quantizers.uniform_quantizer import UniformQuantizer
 from .conftest import FAST_QUANT, tiny_vit
 

@@ -10,7 +10,7 @@ from torch import nn
 
 from mmq.models.adapters import layernorm_pairs
 from mmq.models.layernorm_reparam import reparameterize
-from mmq.models.quant_config import QuantConfig
+from mmq.config.quant_config import QuantConfig
 from mmq.models.quant_linear import QuantLinear, sample_rows
 from mmq.models.quant_matmul import QuantMatMul
 from mmq.models.transform import QUANT_LAYERS, set_quant_enabled

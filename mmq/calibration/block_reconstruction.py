@@ -20,7 +20,7 @@ from typing import Dict, List, Sequence, Tuple
 import torch
 from torch import Tensor, nn
 
-from mmq.models.aphq_options import ReconstructOptions
+from mmq.config.aphq_options import ReconstructOptions
 from mmq.models.quant_conv import QuantConv2d
 from mmq.models.quant_linear import QuantLinear
 from mmq.models.transform import quantizers

@@ -7,7 +7,7 @@ from typing import Dict, List
 import torch
 from torch import nn
 
-from mmq.models.quant_config import QuantConfig
+from mmq.config.quant_config import QuantConfig
 from mmq.models.transform import QUANT_LAYERS
 from .block_calibration import calibrate_layers, capture_samples
 

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from mmq.models.adapters import MLPParts, find_mlps
-from mmq.models.aphq_options import MROptions
+from mmq.config.aphq_options import MROptions
 from mmq.quantizers.objectives import sqnr_db
 from .aph import ImportanceMaps, aph_importance, aph_stats, rms_normalise
 

@@ -12,7 +12,7 @@ from typing import Callable, Iterable, List, Optional, Union
 import torch
 from torch import nn
 
-from mmq.models.quant_config import QuantConfig
+from mmq.config.quant_config import QuantConfig
 from mmq.models.transform import count_quant_layers, quantize_modules, quantizers
 from mmq.quantizers.validation import check_finite
 from .activation_store import ActivationStore

@@ -16,7 +16,7 @@ from typing import Dict, List, Optional, Sequence, Union
 import torch
 from torch import Tensor, nn
 
-from mmq.models.quant_config import QuantConfig
+from mmq.config.quant_config import QuantConfig
 from mmq.quantizers.base_quantizer import BaseQuantizer
 from mmq.utils import atomic_write
 

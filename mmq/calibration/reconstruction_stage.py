@@ -6,7 +6,7 @@ from typing import Callable, List, Optional
 import torch
 from torch import nn
 
-from mmq.models.aphq_options import ReconstructOptions
+from mmq.config.aphq_options import ReconstructOptions
 from mmq.models.transform import set_quant_enabled
 from .activation_store import ActivationStore
 from .aph import ImportanceMaps, aph_importance, aph_stats, rms_normalise

@@ -14,7 +14,7 @@ from typing import Iterable, Optional
 
 from torch import nn
 
-from mmq.models.quant_config import QuantConfig
+from mmq.config.quant_config import QuantConfig
 from mmq.utils import WorkDirLock, atomic_write, write_json
 from .quantize import quantize
 from .quantized_state import (check_identity, load_partial_state, save_partial_state,

@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader, Subset
 from mmq.calibration import load_quantized_state
 from mmq.calibration.quantize import prepare
 from mmq.calibration.work_dir import STATE_FILE, calibrate_in_work_dir
-from mmq.models.quant_config import QuantConfig
+from mmq.config.quant_config import QuantConfig
 from mmq.registry import HOOKS
 from mmq.utils import file_sha256
 from mmq.version import __version__

@@ -1,7 +1,8 @@
-"""Quantized layers, the model transform, reparameterizations and quantized backbones."""
+"""Quantized layers, the model transform, reparameterizations, quantized backbones and the
+backbone adapters."""
 from .backbones import QuantSwinTransformer, QuantTimmViTDet, TimmViTDet
 from .quant_attention import QuantTimmAttention, QuantWindowMSA
-from .quant_config import QuantConfig
+from mmq.config.quant_config import QuantConfig
 from .quant_conv import QuantConv2d
 from .quant_linear import QuantLinear
 from .quant_matmul import QuantMatMul

@@ -12,7 +12,7 @@ from timm.layers import Attention
 from torch import Tensor, nn
 
 from mmq.registry import MODELS
-from .quant_config import QuantConfig
+from mmq.config.quant_config import QuantConfig
 from .quant_matmul import QuantMatMul
 
 

@@ -15,7 +15,7 @@ from torch import nn
 
 from mmq.quantizers.base_quantizer import BaseQuantizer
 from .adapters import input_roles, is_quantized_attention, quantized_attention
-from .quant_config import QuantConfig
+from mmq.config.quant_config import QuantConfig
 from .quant_conv import QuantConv2d
 from .quant_linear import QuantLinear
 from .quant_matmul import QuantMatMul

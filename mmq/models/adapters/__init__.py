@@ -4,7 +4,7 @@ from typing import Dict, List, Optional
 from torch import nn
 
 from mmq.registry import BACKBONE_ADAPTERS
-from ..quant_config import QuantConfig
+from mmq.config.quant_config import QuantConfig
 from .base import BackboneAdapter, MLPParts, Pair, State, Unit
 from .swin import SwinAdapter
 from .timm_vit import TimmViTAdapter

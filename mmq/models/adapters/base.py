@@ -12,7 +12,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 from torch import Tensor, nn
 
-from ..quant_config import QuantConfig
+from mmq.config.quant_config import QuantConfig
 
 State = tuple
 # (LayerNorm, the Linear it feeds, the buffer that must hold the offset b or None)

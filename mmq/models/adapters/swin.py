@@ -8,7 +8,7 @@ from torch import nn
 
 from mmq.registry import BACKBONE_ADAPTERS
 from ..quant_attention import QuantShiftWindowMSA, QuantWindowMSA
-from ..quant_config import QuantConfig
+from mmq.config.quant_config import QuantConfig
 from .base import BackboneAdapter, MLPParts, Pair, State, Unit, activation_role
 
 

@@ -9,7 +9,7 @@ from torch import nn
 from mmq.registry import BACKBONE_ADAPTERS
 from ..backbones.vit_det import TimmViTDet
 from ..quant_attention import QuantTimmAttention
-from ..quant_config import QuantConfig
+from mmq.config.quant_config import QuantConfig
 from .base import BackboneAdapter, MLPParts, Pair, State, Unit, activation_role
 
 

@@ -10,7 +10,7 @@ from typing import Optional
 
 from mmdet.models.backbones import SwinTransformer
 
-from mmq.models.quant_config import QuantConfig
+from mmq.config.quant_config import QuantConfig
 from mmq.models.transform import quantize_modules
 from mmq.registry import MODELS
 from .vit_det import TimmViTDet

@@ -3,15 +3,20 @@ calibration options. Configs give it as a plain dict (``quant_cfg=dict(...)``)."
 from dataclasses import asdict, dataclass, field, fields
 from typing import Dict, List, Optional
 
-from mmq.quantizers import (GELU_SHIFT, AdaLogQuantizer, FPCSCalibrator, Log2Quantizer,
-                            LogSqrt2Quantizer, MinMaxCalibrator, PercentileCalibrator,
-                            UniformQuantizer)
+from mmq.quantizers import GELU_SHIFT, UniformQuantizer
 from mmq.quantizers.fpcs import LogSchedule, UniformSchedule
+from mmq.registry import CALIBRATORS as CALIBRATOR_REGISTRY
+from mmq.registry import QUANTIZERS
 from mmq.quantizers.validation import UNIFORM_BITS, check_bits
 from .aphq_options import MROptions, ReconstructOptions, build_options, check_stages
 
-POWER_LAW_QUANTIZERS = ('adalog', 'log2', 'logsqrt2', 'uniform')
-CALIBRATORS = ('fpcs', 'minmax', 'percentile')
+# Config names -> the registered types they build.
+QUANTIZER_TYPES = dict(adalog='AdaLogQuantizer', log2='Log2Quantizer',
+                       logsqrt2='LogSqrt2Quantizer', uniform='UniformQuantizer')
+CALIBRATOR_TYPES = dict(fpcs='FPCSCalibrator', minmax='MinMaxCalibrator',
+                        percentile='PercentileCalibrator')
+POWER_LAW_QUANTIZERS = tuple(QUANTIZER_TYPES)
+CALIBRATORS = tuple(CALIBRATOR_TYPES)
 SCOPES = ('backbone', 'detector')
 # Activation roles whose bit width ``role_bits`` can set apart from ``a_bits``.
 ROLES = ('ln_input', 'qk', 'v', 'post_softmax', 'proj_input', 'post_gelu', 'other')
@@ -175,15 +180,16 @@ class QuantConfig:
 
     def make_calibrator(self, role: str):
         """The calibrator of an operand of ``role`` ('weight' or 'activation')."""
-        if self.calibrator == 'fpcs':
-            return FPCSCalibrator(role, self.uniform_schedule, self.log_schedule)
-        if self.calibrator == 'minmax':
-            return MinMaxCalibrator()
-        return PercentileCalibrator(lower=1 - self.percentile, upper=self.percentile)
+        args = dict(fpcs=dict(role=role, uniform_schedule=self.uniform_schedule,
+                              log_schedule=self.log_schedule),
+                    minmax=dict(),
+                    percentile=dict(lower=1 - self.percentile, upper=self.percentile))
+        return CALIBRATOR_REGISTRY.build(
+            dict(type=CALIBRATOR_TYPES[self.calibrator], **args[self.calibrator]))
 
     # Quantizer factories, one per role.
     def weight(self) -> UniformQuantizer:
-        return UniformQuantizer(self.w_bits, ch_axis=0)
+        return QUANTIZERS.build(dict(type='UniformQuantizer', bits=self.w_bits, ch_axis=0))
 
     def bits_for(self, role: str) -> int:
         """The activation bit width of ``role`` (``role_bits``, else ``a_bits``)."""
@@ -192,20 +198,21 @@ class QuantConfig:
         return (self.role_bits or {}).get(role, self.a_bits)
 
     def activation(self, ch_axis: Optional[int] = None, role: str = 'other') -> UniformQuantizer:
-        return UniformQuantizer(self.bits_for(role), ch_axis=ch_axis)
+        return QUANTIZERS.build(dict(type='UniformQuantizer', bits=self.bits_for(role),
+                                     ch_axis=ch_axis))
 
     def _power_law(self, kind: str, role: str, **log_kwargs):
-        bits = self.bits_for(role)
-        if kind == 'uniform':
-            return UniformQuantizer(bits)
-        cls = dict(adalog=AdaLogQuantizer, log2=Log2Quantizer, logsqrt2=LogSqrt2Quantizer)[kind]
-        return cls(bits, dequant=self.dequant, **log_kwargs)
+        args = dict(bits=self.bits_for(role))
+        if kind != 'uniform':
+            args.update(dequant=self.dequant, **log_kwargs)
+        return QUANTIZERS.build(dict(type=QUANTIZER_TYPES[kind], **args))
 
     def post_softmax(self):
         return self._power_law(self.softmax, 'post_softmax', fixed_scale=1.0)
 
     def post_relu(self) -> UniformQuantizer:
-        return UniformQuantizer(self.bits_for('post_gelu'), fixed_zero_point=0)
+        return QUANTIZERS.build(dict(type='UniformQuantizer', bits=self.bits_for('post_gelu'),
+                                     fixed_zero_point=0))
 
     def post_gelu(self):
         return self._power_law(self.gelu, 'post_gelu', shift=GELU_SHIFT)
