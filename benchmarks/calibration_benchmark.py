@@ -23,7 +23,7 @@ from mmengine.logging import MMLogger
 import mmq
 from mmq.data import generate_shapes_coco
 from mmq.models import set_quant_enabled
-from mmq.models.detector_builder import build_detector
+from mmq.config.detector_config import build_detector
 
 STOCK = 'mmdet::swin/mask-rcnn_swin-t-p4-w7_fpn_1x_coco.py'
 

@@ -5,7 +5,7 @@ import pytest
 from mmengine.config import Config
 
 from mmq.data import CATEGORIES, generate_shapes_coco
-from mmq.models.detector_builder import load_config
+from mmq.config.detector_config import load_config
 
 STOCK_SWIN = 'mmdet::swin/mask-rcnn_swin-t-p4-w7_fpn_1x_coco.py'
 # A reduced FPCS schedule keeps the suite in the CI budget; the published one is the default.

@@ -57,7 +57,7 @@ def test_adaround_hardens_every_rounding_variable_and_beats_round_to_nearest():
 
 def test_adaround_regulariser_is_a_sum_over_rounding_variables():
     unit, _, _ = _toy_layer()
-    from mmq.calibration.block_reconstruction import AdaRoundQuantizer
+    from mmq.quantizers.adaround_quantizer import AdaRoundQuantizer
     layer = unit.module
     r = AdaRoundQuantizer(layer.weight_quantizer, layer.weight)
     with torch.no_grad():

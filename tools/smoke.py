@@ -12,7 +12,7 @@ import time
 import numpy as np
 import torch
 
-from mmq.models.detector_builder import build_detector
+from mmq.config.detector_config import build_detector
 from mmq.quantizers import (GELU_SHIFT, AdaLogQuantizer, FPCSCalibrator, UniformQuantizer,
                             output_mse)
 from mmq.quantizers.objectives import sqnr_db

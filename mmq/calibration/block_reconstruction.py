@@ -15,7 +15,7 @@ quantized chain's block inputs, the float chain's block inputs and the float blo
 """
 import math
 import time
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -24,6 +24,7 @@ from mmq.config.aphq_options import ReconstructOptions
 from mmq.models.quant_conv import QuantConv2d
 from mmq.models.quant_linear import QuantLinear
 from mmq.models.transform import quantizers
+from mmq.quantizers.adaround_quantizer import AdaRoundQuantizer
 from mmq.quantizers.base_quantizer import BaseQuantizer
 from mmq.quantizers.log_quantizer import LogQuantizer
 from mmq.quantizers.uniform_quantizer import UniformQuantizer
@@ -31,41 +32,7 @@ from .activation_store import ActivationStore
 from .aph import importance_for
 from .units import Unit, first_tensor
 
-ZETA, GAMMA = 1.1, -0.1
 EVAL_ITEMS = 8  # calibration items the before / after block loss is measured on
-
-
-class AdaRoundQuantizer(nn.Module):
-    """Learned rounding of a calibrated per-channel uniform weight quantizer: ``w_q = s *
-    clamp(floor(w / s) + h(V), -z, 2^b - 1 - z)`` with the rectified sigmoid ``h``."""
-
-    def __init__(self, base: UniformQuantizer, weight: Tensor) -> None:
-        super().__init__()
-        self.base = base
-        self.register_buffer('floor', torch.floor(weight.detach() / base.scale))
-        rest = (weight.detach() / base.scale - self.floor).clamp(1e-4, 1 - 1e-4)
-        # h(V) = rest at the start: the soft rounding reproduces the float weight.
-        self.v = nn.Parameter(-torch.log((ZETA - GAMMA) / (rest - GAMMA) - 1))
-
-    def h(self) -> Tensor:
-        return (torch.sigmoid(self.v) * (ZETA - GAMMA) + GAMMA).clamp(0, 1)
-
-    def forward(self, w: Tensor, hard: bool = False) -> Tensor:
-        if not self.base.enabled:
-            return w
-        rounding = (self.v >= 0).float() if hard else self.h()
-        qmax = 2**self.base.bits - 1
-        z = self.base.zero_point
-        return torch.clamp(self.floor + rounding, -z, qmax - z) * self.base.scale
-
-    def regulariser(self, beta: float) -> Tensor:
-        """``sum_i (1 - |2 h(V_i) - 1|^beta)`` over every rounding variable."""
-        return (1 - (2 * self.h() - 1).abs().pow(beta)).sum()
-
-    def settled(self, tol: float = 0.01) -> Tuple[int, int]:
-        """(variables with ``h(V)`` within ``tol`` of 0 or 1, all variables)."""
-        h = self.h().detach()
-        return int(((h <= tol) | (h >= 1 - tol)).sum()), h.numel()
 
 
 def _beta(it: int, opts: ReconstructOptions) -> float:

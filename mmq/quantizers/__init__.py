@@ -1,5 +1,6 @@
 """The maths of mmq: pure quantization functions, FPCS search, quantizer modules and
 calibrators."""
+from .adaround_quantizer import AdaRoundQuantizer
 from .beam_search import BeamStep, SearchResult, beam_search, grid_search
 from .calibrators import FPCSCalibrator, MinMaxCalibrator, PercentileCalibrator
 from .fpcs import LogSchedule, UniformSchedule, fpcs_log, fpcs_uniform, uniform_dense_grid
@@ -18,5 +19,5 @@ __all__ = [
     'GELU_SHIFT', 'fold_shift_into_bias', 'log_dequantize', 'log_fake_quant', 'log_quantize',
     'log_tables', 'AdaLogQuantizer', 'Log2Quantizer', 'LogQuantizer', 'LogSqrt2Quantizer',
     'output_mse', 'self_mse', 'minmax_params', 'percentile_params', 'uniform_dequantize',
-    'uniform_fake_quant', 'uniform_quantize', 'UniformQuantizer'
+    'uniform_fake_quant', 'uniform_quantize', 'UniformQuantizer', 'AdaRoundQuantizer'
 ]
