@@ -22,6 +22,12 @@ SCOPES = ('backbone', 'detector')
 ROLES = ('ln_input', 'qk', 'v', 'post_softmax', 'proj_input', 'post_gelu', 'other')
 
 
+def _quantizer(name: str, **kwargs):
+    """A quantizer from the ``QUANTIZERS`` registry (looked up in mmq's own registry, so a
+    Runner whose default scope is mmdet builds it without a scope warning)."""
+    return QUANTIZERS.get(name)(**kwargs)
+
+
 def _check_schedule(name: str, schedule) -> None:
     """Counts must be positive integers, shrink factors > 1, ranges ordered."""
     for key, value in vars(schedule).items():
@@ -184,12 +190,12 @@ class QuantConfig:
                               log_schedule=self.log_schedule),
                     minmax=dict(),
                     percentile=dict(lower=1 - self.percentile, upper=self.percentile))
-        return CALIBRATOR_REGISTRY.build(
-            dict(type=CALIBRATOR_TYPES[self.calibrator], **args[self.calibrator]))
+        return CALIBRATOR_REGISTRY.get(CALIBRATOR_TYPES[self.calibrator])(
+            **args[self.calibrator])
 
     # Quantizer factories, one per role.
     def weight(self) -> UniformQuantizer:
-        return QUANTIZERS.build(dict(type='UniformQuantizer', bits=self.w_bits, ch_axis=0))
+        return _quantizer('UniformQuantizer', bits=self.w_bits, ch_axis=0)
 
     def bits_for(self, role: str) -> int:
         """The activation bit width of ``role`` (``role_bits``, else ``a_bits``)."""
@@ -198,21 +204,19 @@ class QuantConfig:
         return (self.role_bits or {}).get(role, self.a_bits)
 
     def activation(self, ch_axis: Optional[int] = None, role: str = 'other') -> UniformQuantizer:
-        return QUANTIZERS.build(dict(type='UniformQuantizer', bits=self.bits_for(role),
-                                     ch_axis=ch_axis))
+        return _quantizer('UniformQuantizer', bits=self.bits_for(role), ch_axis=ch_axis)
 
     def _power_law(self, kind: str, role: str, **log_kwargs):
         args = dict(bits=self.bits_for(role))
         if kind != 'uniform':
             args.update(dequant=self.dequant, **log_kwargs)
-        return QUANTIZERS.build(dict(type=QUANTIZER_TYPES[kind], **args))
+        return _quantizer(QUANTIZER_TYPES[kind], **args)
 
     def post_softmax(self):
         return self._power_law(self.softmax, 'post_softmax', fixed_scale=1.0)
 
     def post_relu(self) -> UniformQuantizer:
-        return QUANTIZERS.build(dict(type='UniformQuantizer', bits=self.bits_for('post_gelu'),
-                                     fixed_zero_point=0))
+        return _quantizer('UniformQuantizer', bits=self.bits_for('post_gelu'), fixed_zero_point=0)
 
     def post_gelu(self):
         return self._power_law(self.gelu, 'post_gelu', shift=GELU_SHIFT)
