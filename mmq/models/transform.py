@@ -49,11 +49,22 @@ def _swap(module: nn.Module, roles: Dict[int, str], qcfg: QuantConfig) -> nn.Mod
     return module
 
 
+def _device_of(module: nn.Module):
+    """The device of ``module``'s first parameter or buffer (``None`` if it has none)."""
+    tensor = next(module.parameters(), None)
+    if tensor is None:
+        tensor = next(module.buffers(), None)
+    return None if tensor is None else tensor.device
+
+
 def _swap_children(parent: nn.Module, roles: Dict[int, str], qcfg: QuantConfig) -> None:
     for name, child in list(parent.named_children()):
         new = _swap(child, roles, qcfg)
         if new is not child:
             new.train(child.training)  # new quantizers follow the module's train/eval mode
+            device = _device_of(child)
+            if device is not None:
+                new.to(device)  # ... and its device (a model already on a GPU)
             setattr(parent, name, new)
         _swap_children(new, roles, qcfg)
 

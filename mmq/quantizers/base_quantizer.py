@@ -41,11 +41,13 @@ class BaseQuantizer(nn.Module):
         return x
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        # Calibrated buffers may have a shape the fresh module cannot know: adopt it.
+        # Calibrated buffers may have a shape the fresh module cannot know: adopt it, on the
+        # device the module is on (a state loaded from the CPU into a model on a GPU).
+        device = self.calibrated.device
         for name in self.lazy_buffers:
             key = prefix + name
             if key in state_dict and getattr(self, name).shape != state_dict[key].shape:
-                setattr(self, name, torch.empty_like(state_dict[key]))
+                setattr(self, name, torch.empty_like(state_dict[key], device=device))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def _set(self, **tensors: Tensor) -> None:
