@@ -106,7 +106,7 @@ class InputGramMSE:
 class LinearWeightMSE:
     """Output MSE per output channel of candidates ``w_k`` for the weight of ``a @ w^T`` with
     the input held at ``a_q``, against the float output, through the ``(in, in)`` Gram matrix
-    of ``a_q`` (the weight-side twin of :class:`LinearInputMSE`).
+    of ``a_q`` (the weight-side twin of :class:`InputGramMSE`).
 
     With ``d = w_k - w`` and ``E = (a_q - a) w^T``, channel ``o``'s error is
     ``a_q d_o + E_o``: ``||.||^2 = d_o (a_q^T a_q) d_o + 2 d_o . (a_q^T E_o) + ||E_o||^2``, so a
