@@ -16,21 +16,11 @@ from mmq.config.quant_config import QuantConfig
 from mmq.models.transform import count_quant_layers, quantize_modules, quantizers
 from mmq.quantizers.validation import check_finite
 from .activation_store import ActivationStore
-from .aph import task_for
-from .block_calibration import calibrate_units
-from .detector_calibration import calibrate_neck_and_heads
-from .mlp_reconstruction import apply_relu, mlp_reconstruction
-from .reconstruction_stage import reconstruct_neck, reconstruct_units
+from .mlp_reconstruction import apply_relu
+from .stages import StageRun, quant_target, run_calibrate, run_mr, run_reconstruct
 from .units import build_units, is_detector
 
 STAGE_FIELDS = ('stages', 'mr', 'reconstruct')
-
-
-def quant_target(model: nn.Module, qcfg: QuantConfig) -> nn.Module:
-    """The part of ``model`` the transform quantizes: its backbone, or the whole detector."""
-    if not is_detector(model):
-        return model
-    return model if qcfg.scope == 'detector' else model.backbone
 
 
 def prepare(model: nn.Module, quant_cfg: Union[dict, QuantConfig]) -> QuantConfig:
@@ -74,10 +64,6 @@ def _resume_progress(resume: Optional[dict], qcfg: QuantConfig, logger) -> tuple
         logger.info(f'[mmq] resuming: stages done {stages_done}, {stage} after unit '
                     f'{units_done}')
     return stages_done, stage, units_done, list(resume.get('reports', []))
-
-
-def _module_names(model: nn.Module) -> dict:
-    return {id(m): name for name, m in model.named_modules()}
 
 
 def _collect_images(model: nn.Module, data: Iterable, store: ActivationStore,
@@ -148,6 +134,8 @@ def quantize(model: nn.Module,
         logger.info(f'[mmq] {qcfg.stages} on {type(backbone).__name__}, {num_images} images '
                     f'({qcfg.calibrator}, W{qcfg.w_bits}A{qcfg.a_bits}, softmax={qcfg.softmax},'
                     f' gelu={qcfg.gelu})')
+    run = StageRun(model, backbone, detector, qcfg, store, batches, logger, on_unit_done,
+                   reports, resume_stage, units_done, reference)
     stage_reports = {}
 
     def finish(stage: str, stage_report: dict) -> None:
@@ -156,57 +144,24 @@ def quantize(model: nn.Module,
         if on_stage_done is not None:
             on_stage_done(stage, list(stages_done), stage_report)
 
-    if 'mr' in qcfg.stages and 'mr' not in stages_done:
-        opts = qcfg.mr_options()
-        forward, task_loss, eps = task_for(model, opts.eps)
-        mr_report = mlp_reconstruction(model, backbone, forward, task_loss, eps,
-                                       [item[0] for item in store], opts, qcfg.seed, logger)
-        quantize_modules(quant_target(model, qcfg), qcfg)  # the MLPs are ReLU now
-        mr_report.update(index=-2, unit='mlp_reconstruction')
-        reports.append(mr_report)
-        if on_unit_done is not None:
-            on_unit_done(mr_report)
-        finish('mr', mr_report)
-    else:
-        prepare(model, qcfg)
-        if resume is not None:
-            model.load_state_dict(resume['state_dict'])
-    units = build_units(backbone)  # after the swap: a unit may be a swapped module itself
-    names = _module_names(model)
     try:
+        if 'mr' in qcfg.stages and 'mr' not in stages_done:
+            finish('mr', run_mr(run))
+        else:
+            prepare(model, qcfg)
+            if resume is not None:
+                model.load_state_dict(resume['state_dict'])
+        run.units = build_units(backbone)  # after the swap: a unit may be a swapped module
+        run.names = {id(m): name for name, m in model.named_modules()}
         if 'calibrate' not in stages_done:
-            t0 = time.perf_counter()
-            done = units_done if resume_stage == 'calibrate' else 0
-            new = calibrate_units(units, store, qcfg, names, logger, on_unit_done, done)
-            if qcfg.scope == 'detector' and detector:
-                new.append(calibrate_neck_and_heads(model, batches, qcfg, names, logger))
-                if on_unit_done is not None:
-                    on_unit_done(new[-1])
-            reports += new
-            finish('calibrate', dict(stage='calibrate', seconds=time.perf_counter() - t0))
+            finish('calibrate', run_calibrate(run))
         target = set(quantizers(quant_target(model, qcfg)))
         missing = [name for name, m in model.named_modules()
                    if m in target and not bool(m.calibrated)]
         if missing:
             raise RuntimeError(f'{len(missing)} quantizer(s) were not calibrated: {missing[:5]}')
         if 'reconstruct' in qcfg.stages and 'reconstruct' not in stages_done:
-            opts = qcfg.reconstruct_options()
-            fp_model = model if reference is None else reference
-            forward, task_loss, eps = task_for(fp_model, opts.eps)
-            done = units_done if resume_stage == 'reconstruct' else 0
-            fp_units = None
-            if reference is not None:
-                fp_units = build_units(reference.backbone if detector else reference)
-            rec = reconstruct_units(fp_model, units, store, forward, task_loss, eps, opts,
-                                    qcfg.seed, logger, on_unit_done, done, fp_units)
-            reports += rec['units']
-            if qcfg.scope == 'detector' and detector and getattr(model, 'neck', None) is not None:
-                neck = reconstruct_neck(model, fp_model, store, opts, qcfg.seed, logger)
-                reports.append(neck)
-                if on_unit_done is not None:
-                    on_unit_done(neck)
-            finish('reconstruct', dict(stage='reconstruct', seconds=rec['seconds'],
-                                       aph_seconds=rec['aph_seconds']))
+            finish('reconstruct', run_reconstruct(run))
     finally:
         store.close()
     model.train(was_training)
