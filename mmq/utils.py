@@ -75,3 +75,26 @@ def write_metrics(work_dir: str, metrics: dict, seconds: float, peak_rss_kb: int
         osp.join(work_dir, 'metrics.json'),
         dict(metrics={k: float(v) for k, v in metrics.items()}, seconds=seconds,
              peak_rss_mb=peak_rss_kb / 1024))
+
+
+# Each random stream of a calibration run: (multiplier of the run's seed, offset, step per
+# index). The values are those the streams have always used, so seeded results are unchanged.
+_SEED_STREAMS = {
+    'images': (1, 0, 0),  # which calibration images are drawn
+    'calibrate': (100003, 0, 1),  # row sampling of unit ``index``
+    'ln_search': (100003, 50021, 1),  # LayerNorm range-search rows of unit ``index``
+    'detector': (100003, 99991, 0),  # neck / heads row sampling
+    'mr': (1000003, 7, 0),  # MLP reconstruction rows
+    'reconstruct': (1000003, 1, 17),  # QDrop masks and batches of unit ``index``
+    'reconstruct_neck': (1000003, 999983, 0),
+}
+
+
+def seeded_generator(seed: int, stream: str, index: int = 0):
+    """The CPU generator of one random stream of a run seeded ``seed`` (one derivation for
+    every stream, so streams never share draws)."""
+    import torch
+    if stream not in _SEED_STREAMS:
+        raise ValueError(f'unknown random stream {stream!r}; streams: {list(_SEED_STREAMS)}.')
+    multiplier, offset, step = _SEED_STREAMS[stream]
+    return torch.Generator().manual_seed(seed * multiplier + offset + step * index)

@@ -223,3 +223,17 @@ def test_work_dir_calibration_resumes_without_a_runner(tmp_path, monkeypatch):
     assert not os.path.isfile(os.path.join(work, PARTIAL_FILE))
     for (k, a), (_, b) in zip(full.state_dict().items(), resumed.state_dict().items()):
         assert torch.equal(a, b), k
+
+
+def test_every_random_stream_has_one_derivation_with_its_historical_seed():
+    """seeded_generator is the one seed derivation; its values are the ones each stream used
+    before it existed (so seeded results and the benchmark rows are unchanged)."""
+    from mmq.utils import seeded_generator
+    seed = 3
+    expected = dict(images=3, calibrate=3 * 100003 + 5, ln_search=3 * 100003 + 5 + 50021,
+                    detector=3 * 100003 + 99991, mr=3 * 1000003 + 7,
+                    reconstruct=3 * 1000003 + 17 * 5 + 1, reconstruct_neck=3 * 1000003 + 999983)
+    for stream, value in expected.items():
+        assert seeded_generator(seed, stream, 5).initial_seed() == value, stream
+    with pytest.raises(ValueError, match='unknown random stream'):
+        seeded_generator(seed, 'nope')

@@ -8,9 +8,9 @@ from typing import Callable, Dict, List, Optional
 import torch
 from torch import nn
 
+from mmq.config.quant_config import QuantConfig
 from mmq.models.adapters import layernorm_pairs
 from mmq.models.layernorm_reparam import reparameterize
-from mmq.config.quant_config import QuantConfig
 from mmq.models.quant_linear import QuantLinear, sample_rows
 from mmq.models.quant_matmul import QuantMatMul
 from mmq.models.transform import QUANT_LAYERS, set_quant_enabled
@@ -19,6 +19,7 @@ from mmq.quantizers.fpcs import fpcs_uniform
 from mmq.quantizers.layer_schedule import solve
 from mmq.quantizers.objectives import sqnr_db
 from mmq.quantizers.validation import check_finite
+from mmq.utils import seeded_generator
 from .activation_store import ActivationStore
 from .units import Unit, first_tensor
 
@@ -167,12 +168,12 @@ def calibrate_unit(unit: Unit, store: ActivationStore, qcfg: QuantConfig,
                    names: Dict[int, str], index: int) -> tuple:
     """Calibrate every quantized layer of ``unit`` and return (report, next-unit inputs)."""
     start = time.perf_counter()
-    generator = torch.Generator().manual_seed(qcfg.seed * 100003 + index)
+    generator = seeded_generator(qcfg.seed, 'calibrate', index)
     layers = [m for m in unit.module.modules() if isinstance(m, QUANT_LAYERS)]
     passes = 0
     if qcfg.ln_reparam:
-        passes += _layernorm_reparam(unit, store, qcfg, torch.Generator().manual_seed(
-            qcfg.seed * 100003 + index + 50021))
+        passes += _layernorm_reparam(unit, store, qcfg, seeded_generator(
+            qcfg.seed, 'ln_search', index))
     samples = capture_samples(layers, _run_store(unit, store), qcfg, generator, len(store))
     passes += 1
     layer_reports = calibrate_layers(layers, samples, qcfg, names, f'calibration unit {unit.name}')

@@ -4,11 +4,11 @@ batches with the backbone already quantized."""
 import time
 from typing import Dict, List
 
-import torch
 from torch import nn
 
 from mmq.config.quant_config import QuantConfig
 from mmq.models.transform import QUANT_LAYERS
+from mmq.utils import seeded_generator
 from .block_calibration import calibrate_layers, capture_samples
 
 
@@ -22,7 +22,7 @@ def calibrate_neck_and_heads(model: nn.Module, batches: List[dict], qcfg: QuantC
         m for m in model.modules()
         if isinstance(m, QUANT_LAYERS) and m not in backbone_layers
     ]
-    generator = torch.Generator().manual_seed(qcfg.seed * 100003 + 99991)
+    generator = seeded_generator(qcfg.seed, 'detector')
 
     def run_all() -> int:
         for batch in batches:

@@ -18,9 +18,10 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from mmq.models.adapters import MLPParts, find_mlps
 from mmq.config.aphq_options import MROptions
+from mmq.models.adapters import MLPParts, find_mlps
 from mmq.quantizers.objectives import sqnr_db
+from mmq.utils import seeded_generator
 from .aph import ImportanceMaps, aph_importance, aph_stats, rms_normalise
 
 
@@ -96,7 +97,7 @@ def mlp_reconstruction(model: nn.Module, backbone: nn.Module, forward: Callable,
     if any(not isinstance(m.act, nn.GELU) for m in mlps):
         raise ValueError("MR expects GELU MLPs, but some activation is not GELU (was 'mr' "
                          'already applied?).')
-    generator = torch.Generator().manual_seed(seed * 1000003 + 7)
+    generator = seeded_generator(seed, 'mr')
     model.eval()
     with torch.no_grad():
         reference = [_flat_outputs(forward(img)) for img in images[:2]]

@@ -8,6 +8,7 @@ from torch import nn
 
 from mmq.config.aphq_options import ReconstructOptions
 from mmq.models.transform import set_quant_enabled
+from mmq.utils import seeded_generator
 from .activation_store import ActivationStore
 from .aph import ImportanceMaps, aph_importance, aph_stats, rms_normalise
 from .block_calibration import chain_outputs
@@ -64,7 +65,7 @@ def reconstruct_units(model: nn.Module, units: List[Unit], images: ActivationSto
                     # the patch embedding): keep the channel structure only.
                     h = h.reshape(-1, h.shape[-1]).mean(0)
                 h = rms_normalise(h)
-            generator = torch.Generator().manual_seed(seed * 1000003 + 17 * i + 1)
+            generator = seeded_generator(seed, 'reconstruct', i)
             report = reconstruct_unit(unit, q_store, fp_store, fp_out, h, opts, generator)
             report.update(stage='reconstruct', index=i, aph=aph_stats(hs[i]))
             reports.append(report)
@@ -111,7 +112,7 @@ def reconstruct_neck(model: nn.Module, fp_model: nn.Module, images: ActivationSt
                 finally:
                     set_quant_enabled(fp_model, True)
         unit = Unit('neck', neck, lambda s: tuple(neck(tuple(s))))
-        generator = torch.Generator().manual_seed(seed * 1000003 + 999983)
+        generator = seeded_generator(seed, 'reconstruct_neck')
         report = reconstruct_unit(unit, q_in, fp_in, targets, None, opts, generator)
     finally:
         for s in (q_in, fp_in, targets):

@@ -14,7 +14,7 @@ from mmq.calibration.quantize import prepare
 from mmq.calibration.work_dir import STATE_FILE, calibrate_in_work_dir
 from mmq.config.quant_config import QuantConfig
 from mmq.registry import HOOKS
-from mmq.utils import file_sha256
+from mmq.utils import file_sha256, seeded_generator
 from mmq.version import __version__
 
 
@@ -106,7 +106,7 @@ class QuantCalibrationHook(Hook):
         if len(dataset) == 0:
             raise ValueError(f'the calibration dataset is empty ({where}): check data_root / '
                              'ann_file / filter_cfg.')
-        g = torch.Generator().manual_seed(self.seed)
+        g = seeded_generator(self.seed, 'images')
         count = min(self.num_images, len(dataset))
         indices = torch.randperm(len(dataset), generator=g)[:count].tolist()
         return DataLoader(Subset(dataset, indices), batch_size=1, shuffle=False,
