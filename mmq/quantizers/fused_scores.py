@@ -48,8 +48,7 @@ def uniform_self_mse_eager(x: Tensor, scale: Tensor, zero_point: Tensor,
                            qmax: float) -> Tensor:
     """Per candidate and group, the mean of ``(fake_quant(x) - x)^2``: ``x`` canonical
     ``(1, pre, G, post)``, parameters ``(K, 1, G, 1)``; returns ``(K, G)``."""
-    xq = torch.clamp(torch.round(x / scale), -zero_point, qmax - zero_point) * scale
-    return (xq - x).pow(2).mean(dim=(1, 3))
+    return grouped_mse_eager(uniform_fake_quant_eager(x, scale, zero_point, qmax), x)
 
 
 def uniform_fake_quant_eager(x: Tensor, scale: Tensor, zero_point: Tensor,

@@ -26,12 +26,6 @@ def reduce_to_groups(err: Tensor, ch_axis: Optional[int]) -> Tensor:
     return out
 
 
-def _squared_error(out: Tensor, ref: Tensor) -> Tensor:
-    if out.requires_grad or out._base is not None:
-        return (out - ref).pow(2)
-    return out.sub_(ref).square_()  # a fresh candidate output: reuse its memory
-
-
 class SelfMSE:
     """MSE of the quantized tensor against ``x`` itself (an :data:`Objective`); the uniform
     search recognises it and scores its candidates with a fused kernel instead."""
@@ -60,7 +54,7 @@ def output_mse(forward: Callable[[Tensor], Tensor], reference: Tensor,
     def objective(xq: Tensor) -> Tensor:
         out = forward(xq)
         if out.requires_grad:
-            return reduce_to_groups(_squared_error(out, reference), out_ch_axis)
+            return reduce_to_groups((out - reference).pow(2), out_ch_axis)
         axis = None if out_ch_axis is None else out_ch_axis % reference.dim()
         return grouped_mse(canonical_groups(out, axis, leading=1), ref)
 
