@@ -5,12 +5,14 @@ matrix output MSEs for Linear inputs / q of q @ k^T / Linear weights where they 
 FLOPs. The reference run turns both off (``MMQ_COMPILE=0 MMQ_GRAM=0``).
 
     python benchmarks/fused_scoring_speed.py [--blocks 2] [--images 8] [--threads 1]
+                                             [--device cuda]
 
 A DINOv2 ViT-S/14-shaped ``mmq.TimmViTDet`` (the converted DINOv2 weights when
 ``checkpoints/dinov2/vit_small_patch14_dinov2.pth`` exists, else random weights of the same
 shape) cut to ``--blocks`` blocks, W4A4 AdaLog + FPCS on ``--images`` 256x320 inputs
 (320 patch tokens). Runs eager, then fast (a first tiny run compiles and is not timed), and
-prints both times, their ratio and each unit's output SQNR.
+prints both times, their ratio and each unit's output SQNR. ``--device`` runs both on that
+device (model and images moved there; tools/device_check.sh uses it on a GPU).
 """
 import argparse
 import copy
@@ -26,11 +28,17 @@ from mmq.models.backbones.vit_det import TimmViTDet
 WEIGHTS = 'checkpoints/dinov2/vit_small_patch14_dinov2.pth'
 
 
+def _sync(device: str) -> None:
+    if torch.device(device).type == 'cuda':
+        torch.cuda.synchronize(device)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--blocks', type=int, default=2)
     parser.add_argument('--images', type=int, default=8)
     parser.add_argument('--threads', type=int, default=1)
+    parser.add_argument('--device', default='cpu')
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -42,21 +50,26 @@ def main() -> None:
         backbone.vit.load_state_dict({k: v for k, v in state.items() if not k.startswith(
             'blocks.') or int(k.split('.')[1]) < args.blocks})
     g = torch.Generator().manual_seed(0)
-    images = [torch.randn(1, 3, 256, 320, generator=g) for _ in range(args.images)]
+    images = [torch.randn(1, 3, 256, 320, generator=g).to(args.device)
+              for _ in range(args.images)]
+    backbone.to(args.device)
     cfg = dict(w_bits=4, a_bits=4)
     results = {}
     for mode in ('0', '1'):
         os.environ['MMQ_COMPILE'] = os.environ['MMQ_GRAM'] = mode
         if mode == '1':  # compile once (cached for the rest of the process), untimed
             mmq.quantize(copy.deepcopy(backbone), images[:1], dict(cfg, search_rows=16))
+        _sync(args.device)
         start = time.perf_counter()
         report = mmq.quantize(copy.deepcopy(backbone), images, cfg)
+        _sync(args.device)
         results[mode] = (time.perf_counter() - start,
                          {u['unit']: round(u['output_sqnr_db'], 3) for u in
                           report['units']})
     (t_eager, sq_eager), (t_fused, sq_fused) = results['0'], results['1']
     print(f'eager {t_eager:.1f} s, fast {t_fused:.1f} s, speed-up {t_eager / t_fused:.2f}x '
-          f'({args.blocks} blocks, {args.images} images, {args.threads} thread(s))')
+          f'({args.blocks} blocks, {args.images} images, {args.threads} thread(s), '
+          f'device {args.device})')
     for unit in sq_eager:
         print(f'  {unit}: unit output SQNR eager {sq_eager[unit]}, fast {sq_fused[unit]}')
 
