@@ -52,3 +52,17 @@ def test_swin_calibration_on_gpu_matches_cpu():
     images = [torch.randn(1, 3, 64, 64, generator=g) for _ in range(2)]
     cpu, gpu = _calibrate_both(swin, images, dict(FAST_QUANT))
     _assert_close_models(cpu, gpu, torch.randn(1, 3, 64, 64, generator=g), 1e-2)
+
+
+def test_activation_store_tiers_device_host_disk(tmp_path):
+    """CUDA items stay on the device up to its budget, then host memory, then disk, and all
+    come back on the device, unchanged."""
+    from mmq.calibration import ActivationStore
+    store = ActivationStore(budget_bytes=128, spill_dir=str(tmp_path), device_budget_bytes=128)
+    items = [(torch.randn(4, 8, device='cuda'), (2, 2)) for _ in range(3)]
+    for item in items:
+        store.append(item)
+    assert (store.device_bytes, store.memory_bytes, store.spilled) == (128, 128, 1)
+    for (a, hw), (b, hw2) in zip(items, store):
+        assert b.device.type == 'cuda' and torch.equal(a, b) and hw == hw2
+    store.close()

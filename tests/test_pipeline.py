@@ -163,3 +163,18 @@ def test_activation_spill_to_disk_gives_identical_results(tmp_path):
         assert torch.equal(a, b) and hw == hw2
     store.close()
     assert list((tmp_path / 'spill').iterdir()) == []  # spilled files are removed
+
+
+def test_activation_store_keeps_cpu_items_off_the_device_tier(tmp_path):
+    """CPU items use only the host budget and disk (the device tier is for accelerator items):
+    a device budget set does not change where they go or how they come back."""
+    from mmq.calibration import ActivationStore
+    store = ActivationStore(budget_bytes=200, spill_dir=str(tmp_path), device_budget_bytes=10**9)
+    items = [(torch.randn(4, 8), ) for _ in range(3)]
+    for item in items:
+        store.append(item)
+    assert (store.device_bytes, store.memory_bytes, store.spilled) == (0, 128, 2)
+    assert store.sibling().device_budget_bytes == 10**9
+    for (a, ), (b, ) in zip(items, store):
+        assert b.device.type == 'cpu' and torch.equal(a, b)
+    store.close()

@@ -1,11 +1,40 @@
-"""Per-image block inputs of the calibration set, held for one block at a time: in memory up
-to a byte budget, spilled to disk (``torch.save``) beyond it."""
+"""Per-image block inputs of the calibration set, held for one block at a time: on their
+accelerator up to a device budget, then in host memory up to a byte budget, then spilled to
+disk (``torch.save``). Items come back on the device they were appended from."""
 import os
 import shutil
 import tempfile
 from typing import Any, Iterator, List, Optional, Tuple
 
 import torch
+
+
+def _to(item: Any, device: torch.device) -> Any:
+    if torch.is_tensor(item):
+        return item.to(device)
+    if isinstance(item, (tuple, list)):
+        return type(item)(_to(x, device) for x in item)
+    return item
+
+
+def _accelerator(item: Any) -> Optional[torch.device]:
+    """The first non-CPU device among the item's tensors (None: all on the CPU)."""
+    if torch.is_tensor(item):
+        return item.device if item.device.type != 'cpu' else None
+    if isinstance(item, (tuple, list)):
+        for x in item:
+            device = _accelerator(x)
+            if device is not None:
+                return device
+    return None
+
+
+def _default_device_budget(device: torch.device) -> int:
+    """Half of the device's free memory when the first item arrives (0 where unknown)."""
+    if device.type == 'cuda':
+        free, _ = torch.cuda.mem_get_info(device)
+        return free // 2
+    return 0
 
 
 def _nbytes(item: Any) -> int:
@@ -20,23 +49,39 @@ class ActivationStore:
     """An append-only sequence of items (tuples of tensors and plain values).
 
     Args:
-        budget_bytes (int): Bytes kept in memory; later items go to ``spill_dir``.
+        budget_bytes (int): Bytes kept in host memory; later items go to ``spill_dir``.
         spill_dir (str, optional): Where spilled items go (a fresh temporary folder by
             default, removed by :meth:`close`).
+        device_budget_bytes (int, optional): Bytes of items appended from an accelerator
+            (CUDA) kept there; later ones move to host memory (and disk), and are moved back
+            when read. Default: half of the device's free memory at the first such item.
     """
 
-    def __init__(self, budget_bytes: int = 2 * 1024**3, spill_dir: Optional[str] = None) -> None:
+    def __init__(self, budget_bytes: int = 2 * 1024**3, spill_dir: Optional[str] = None,
+                 device_budget_bytes: Optional[int] = None) -> None:
         self.budget_bytes = budget_bytes
+        self.device_budget_bytes = device_budget_bytes
         self._spill_root = spill_dir
         self._dir: Optional[str] = None
-        self._items: List[Tuple[bool, Any]] = []  # (on_disk, item or path)
+        # (on_disk, item or path, device to return it on: None = as stored)
+        self._items: List[Tuple[bool, Any, Optional[torch.device]]] = []
+        self.device_bytes = 0
         self.memory_bytes = 0
         self.disk_bytes = 0
 
     def append(self, item: Tuple) -> None:
         size = _nbytes(item)
+        device = _accelerator(item)
+        if device is not None:
+            if self.device_budget_bytes is None:
+                self.device_budget_bytes = _default_device_budget(device)
+            if self.device_bytes + size <= self.device_budget_bytes:
+                self._items.append((False, item, None))
+                self.device_bytes += size
+                return
+            item = _to(item, torch.device('cpu'))
         if self.memory_bytes + size <= self.budget_bytes:
-            self._items.append((False, item))
+            self._items.append((False, item, device))
             self.memory_bytes += size
             return
         if self._dir is None:
@@ -45,19 +90,21 @@ class ActivationStore:
             self._dir = tempfile.mkdtemp(prefix='mmq-acts-', dir=self._spill_root)
         path = os.path.join(self._dir, f'{len(self._items):06d}.pt')
         torch.save(item, path)
-        self._items.append((True, path))
+        self._items.append((True, path, device))
         self.disk_bytes += size
 
     def sibling(self) -> 'ActivationStore':
-        """An empty store with the same budget and spill folder (the next block's inputs)."""
-        return ActivationStore(self.budget_bytes, self._spill_root)
+        """An empty store with the same budgets and spill folder (the next block's inputs)."""
+        return ActivationStore(self.budget_bytes, self._spill_root, self.device_budget_bytes)
 
     def __len__(self) -> int:
         return len(self._items)
 
     def __getitem__(self, index: int) -> Tuple:
-        on_disk, item = self._items[index]
-        return torch.load(item, weights_only=True) if on_disk else item
+        on_disk, item, device = self._items[index]
+        if on_disk:
+            item = torch.load(item, weights_only=True)
+        return item if device is None else _to(item, device)
 
     def __iter__(self) -> Iterator[Tuple]:
         for i in range(len(self)):
@@ -66,12 +113,12 @@ class ActivationStore:
     @property
     def spilled(self) -> int:
         """How many items live on disk."""
-        return sum(1 for on_disk, _ in self._items if on_disk)
+        return sum(1 for on_disk, _, _ in self._items if on_disk)
 
     def close(self) -> None:
         """Drop every item and remove spilled files."""
         self._items.clear()
-        self.memory_bytes = self.disk_bytes = 0
+        self.device_bytes = self.memory_bytes = self.disk_bytes = 0
         if self._dir is not None:
             shutil.rmtree(self._dir, ignore_errors=True)
             self._dir = None
