@@ -41,6 +41,10 @@ def _check_schedule(name: str, schedule) -> None:
             ok = (isinstance(value, (tuple, list)) and len(value) == 2
                   and 0 < value[0] < value[1])
             need = 'a pair (lo, hi) with 0 < lo < hi'
+        elif key == 'scale_quantiles':
+            ok = value is None or (isinstance(value, (tuple, list)) and len(value) == 2
+                                   and 0 <= value[0] < value[1] <= 1)
+            need = 'None or a pair of quantiles (lo, hi) with 0 <= lo < hi <= 1'
         else:
             ok = isinstance(value, int) and not isinstance(value, bool) and value >= 1
             need = 'a positive integer'

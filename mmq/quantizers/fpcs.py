@@ -55,6 +55,11 @@ class LogSchedule:
     children: int = 4
     shrink: float = 3.5
     scale_range: Tuple[float, float] = (0.25, 1.25)  # x the initial scale
+    # Beyond the ratio grid: ``num_scales`` more initial scales at these quantiles of the
+    # (shifted) activations, e.g. ``(0.9, 1.0)`` for P90..P100 as the reference code searches
+    # the post-GELU scale. Heavy-tailed activations put their best scale far below
+    # ``0.25 x max``, which the ratio grid cannot reach. ``None``: the ratio grid only.
+    scale_quantiles: Optional[Tuple[float, float]] = None
 
 
 def uniform_init_grid(x: Tensor, bits: int, ch_axis: Optional[int], num_ranges: int,
@@ -157,6 +162,17 @@ def uniform_dense_grid(x: Tensor, bits: int, ch_axis: Optional[int], objective: 
                        chunk_for(x.numel(), budget))
 
 
+def _quantile_scales(shifted: Tensor, quantiles: Tuple[float, float], num: int) -> Tensor:
+    """``num`` scales at evenly spaced quantiles of the positive part of ``shifted``."""
+    values = shifted.flatten()
+    values = values[values > 0]
+    if values.numel() == 0:
+        values = shifted.abs().flatten().clamp_min(1e-8)
+    t = torch.linspace(quantiles[0], quantiles[1], num, dtype=torch.float64,
+                       device=shifted.device)
+    return quantile_rows(values.double().unsqueeze(0), t)[0].to(shifted.dtype).clamp_min(1e-8)
+
+
 def _log_score(x: Tensor, bits: int, r: int, shift: float, table: bool, objective: Objective):
     shifted = x.reshape(1, -1) + shift
 
@@ -199,15 +215,22 @@ def fpcs_log(x: Tensor,
         lo, hi = schedule.scale_range
         scales = s0 * torch.linspace(lo, hi, schedule.num_scales, dtype=x.dtype, device=x.device)
         d0 = scales[1] - scales[0]
+        if schedule.scale_quantiles is not None:
+            scales = torch.cat([scales, _quantile_scales(x.detach() + shift,
+                                                         schedule.scale_quantiles,
+                                                         schedule.num_scales)])
 
         def cross(beam: Tensor, step: int) -> Tensor:
-            q = repeat_each(beam[..., 0], schedule.num_scales)
+            q = repeat_each(beam[..., 0], scales.numel())
             s = scales.repeat(beam.shape[1]).unsqueeze(0)
             return stack_params(q, s)
 
         def refine(beam: Tensor, step: int) -> Tensor:
-            d = d0 / schedule.shrink**(step - 2)
-            s = spread(beam[..., 1], torch.full_like(beam[..., 1], float(d)), schedule.children)
+            if schedule.scale_quantiles is None:
+                width = torch.full_like(beam[..., 1], float(d0))
+            else:  # the ratio grid's spacing relative to each survivor's own scale
+                width = beam[..., 1] * float(d0 / s0)
+            s = spread(beam[..., 1], width / schedule.shrink**(step - 2), schedule.children)
             return stack_params(repeat_each(beam[..., 0], schedule.children),
                                 s.flatten(1).clamp_min(1e-8))
 
