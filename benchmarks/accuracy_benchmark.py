@@ -51,6 +51,11 @@ METHODS = {
     'adalog-fpcs-w8': dict(w_bits=8),
     # Outlier-aware row sampling: a quarter of the search rows are the largest tokens.
     'adalog-fpcs-outliers': dict(search_outliers=0.25),
+    # Attention-output reparameterization: per-channel ranges for proj's input (beyond the
+    # published methods).
+    'adalog-fpcs-projrep': dict(proj_reparam=True),
+    'adalog-fpcs-projrep+rec': dict(proj_reparam=True, stages=['calibrate', 'reconstruct'],
+                                    reconstruct=REC_DEMO),
     # LayerNorm reparameterization from searched (not min / max) per-channel ranges.
     'adalog-fpcs-lnsearch': dict(ln_reparam_ranges='search'),
     **{f'adalog-fpcs-{role}8': dict(role_bits={role: 8})

@@ -123,3 +123,31 @@ def test_more_rounds_do_not_hurt(setup):
     _, _, one = _run(setup, rounds=1)
     _, _, three = _run(setup, rounds=3)
     assert three <= one * 1.1
+
+
+def test_proj_reparam_keeps_the_float_function_and_lowers_the_error_of_spread_channels(setup):
+    """Attention-output reparameterization is exact in float (v rows, out_offset and proj
+    fold together), and when proj's input channels differ widely in range (v rows scaled
+    1/20..20 here, undone in proj) it lowers proj's quantized output error by far (measured
+    6 dB -> 28 dB SQNR; the tiny random ViT's final output barely depends on proj)."""
+    vit, calib, test, ref = setup
+    spread = copy.deepcopy(vit)
+    with torch.no_grad():
+        for block in spread.blocks:
+            c = block.attn.proj.in_features
+            f = torch.logspace(-1.3, 1.3, c)[torch.randperm(c, generator=torch.Generator()
+                                                               .manual_seed(1))]
+            block.attn.qkv.weight[2 * c:] *= f.unsqueeze(1)
+            block.attn.qkv.bias[2 * c:] *= f
+            block.attn.proj.weight /= f
+    sqnr = {}
+    for on in (False, True):
+        model = copy.deepcopy(spread)
+        report = mmq.quantize(model, calib, dict(FAST_QUANT, w_bits=8, proj_reparam=on))
+        assert bool(model.blocks[0].attn.out_offset.abs().sum() > 0) == on
+        sqnr[on] = [layer['sqnr_db'] for unit in report['units'] for layer in unit['layers']
+                    if layer['name'].endswith('attn.proj')]
+        mmq.models.set_quant_enabled(model, False)
+        with torch.no_grad():
+            torch.testing.assert_close(model(test), ref, rtol=1e-4, atol=1e-4)
+    assert len(sqnr[True]) == 2 and all(a > b + 10 for a, b in zip(sqnr[True], sqnr[False])), sqnr

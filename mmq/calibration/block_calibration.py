@@ -9,7 +9,8 @@ import torch
 from torch import nn
 
 from mmq.config.quant_config import QuantConfig
-from mmq.models.adapters import layernorm_pairs
+from mmq.models.adapters import attention_output_parts, layernorm_pairs
+from mmq.models.attention_output_reparam import reparameterize_attention_output
 from mmq.models.layernorm_reparam import reparameterize
 from mmq.models.quant_linear import QuantLinear, sample_rows
 from mmq.models.quant_matmul import QuantMatMul
@@ -94,6 +95,36 @@ def _layernorm_reparam(unit: Unit, store: ActivationStore, qcfg: QuantConfig,
     return 1
 
 
+def _attention_output_reparam(unit: Unit, store: ActivationStore, qcfg: QuantConfig) -> int:
+    """Per-channel min / max of every attention output in ``unit`` (float pass), folded
+    into v and proj (:func:`reparameterize_attention_output`)."""
+    parts = [(m, *p) for m in unit.module.modules()
+             for p in [attention_output_parts(m)] if p is not None]
+    if not parts:
+        return 0
+    stats: Dict[int, List[torch.Tensor]] = {}
+
+    def hook(layer, args):
+        x = args[0].detach().reshape(-1, layer.in_features)
+        lo, hi = x.amin(0), x.amax(0)
+        if id(layer) in stats:
+            stats[id(layer)] = [torch.minimum(stats[id(layer)][0], lo),
+                                torch.maximum(stats[id(layer)][1], hi)]
+        else:
+            stats[id(layer)] = [lo, hi]
+
+    handles = [proj.register_forward_pre_hook(hook) for _, _, proj in parts]
+    try:
+        _run_store(unit, store)()
+    finally:
+        for h in handles:
+            h.remove()
+    bits = qcfg.bits_for('proj_input')
+    for attn, qkv, proj in parts:
+        reparameterize_attention_output(attn, qkv, proj, *stats[id(proj)], bits)
+    return 1
+
+
 def capture_samples(layers: List[nn.Module], run_all: Callable[[], int], qcfg: QuantConfig,
                     generator: torch.Generator, num_items: int) -> Dict[int, object]:
     """Seeded input samples of ``layers`` while ``run_all()`` feeds ``num_items`` items."""
@@ -174,6 +205,8 @@ def calibrate_unit(unit: Unit, store: ActivationStore, qcfg: QuantConfig,
     if qcfg.ln_reparam:
         passes += _layernorm_reparam(unit, store, qcfg, seeded_generator(
             qcfg.seed, 'ln_search', index))
+    if qcfg.proj_reparam:
+        passes += _attention_output_reparam(unit, store, qcfg)
     samples = capture_samples(layers, _run_store(unit, store), qcfg, generator, len(store))
     passes += 1
     layer_reports = calibrate_layers(layers, samples, qcfg, names, f'calibration unit {unit.name}')

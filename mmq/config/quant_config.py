@@ -70,6 +70,9 @@ class QuantConfig:
             (RepQ-ViT: raw min / max of the calibration set) or 'search' (as the published
             AdaLog code: a per-channel FPCS self-MSE search on ``LN_SEARCH_ROWS`` sampled rows,
             so a few outlier tokens do not set a channel's range).
+        proj_reparam: Attention-output reparameterization: per-channel ranges for the input
+            of the attention's output projection, folded into v and proj
+            (:mod:`mmq.models.attention_output_reparam`; beyond the published methods).
         rounds: Rounds of [weights, activations] output-MSE search after the self-MSE
             initialisation (published: 3).
         search_rows: Rows (tokens, patches) per layer that candidates are scored on.
@@ -108,6 +111,7 @@ class QuantConfig:
     scope: str = 'backbone'
     ln_reparam: bool = True
     ln_reparam_ranges: str = 'minmax'
+    proj_reparam: bool = False
     rounds: int = 1
     search_rows: int = 256
     search_windows: int = 32
@@ -164,7 +168,7 @@ class QuantConfig:
                     or value < (0 if name in ('rounds', 'seed') else 1)):
                 kind = 'a non-negative' if name in ('rounds', 'seed') else 'a positive'
                 raise ValueError(f'quant_cfg.{name}={value!r} must be {kind} integer.')
-        for name in ('ln_reparam', 'fold_gelu_shift'):
+        for name in ('ln_reparam', 'proj_reparam', 'fold_gelu_shift'):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f'quant_cfg.{name}={getattr(self, name)!r} must be True or '
                                  'False.')

@@ -4,7 +4,7 @@ matmuls quantized (q, k, v per head; the post-Softmax matrix by its own quantize
 timm computes attention with fused scaled-dot-product attention by default; the quantized
 form computes the Softmax explicitly so the post-Softmax quantizer sees it.
 """
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
 from mmdet.models.backbones.swin import ShiftWindowMSA, WindowMSA
@@ -26,15 +26,28 @@ def _adopt(cls, module: nn.Module):
     return new
 
 
-def attach_matmuls(module: nn.Module, qcfg: QuantConfig) -> None:
-    """Add ``qk_matmul`` (q, k per head) and ``av_matmul`` (post-Softmax, v per head)."""
+def attach_matmuls(module: nn.Module, qcfg: QuantConfig, channels: int) -> None:
+    """Add ``qk_matmul`` (q, k per head), ``av_matmul`` (post-Softmax, v per head) and the
+    ``out_offset`` buffer that attention-output reparameterization sets (zero until then)."""
     module.qk_matmul = QuantMatMul(qcfg.activation(ch_axis=1, role='qk'),
                                    qcfg.activation(ch_axis=1, role='qk'))
     module.av_matmul = QuantMatMul(qcfg.post_softmax(), qcfg.activation(ch_axis=1, role='v'))
+    module.register_buffer('out_offset', torch.zeros(
+        channels, device=next(module.parameters()).device))
+
+
+class _OutOffsetCompat:
+    """States saved before ``out_offset`` existed load with a zero offset (the value it has
+    when no attention-output reparameterization ran)."""
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        if getattr(self, 'out_offset', None) is not None:
+            state_dict.setdefault(prefix + 'out_offset', torch.zeros_like(self.out_offset))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
 
 @MODELS.register_module()
-class QuantWindowMSA(WindowMSA):
+class QuantWindowMSA(_OutOffsetCompat, WindowMSA):
     """Swin window attention with quantized matmuls; parameter names of ``WindowMSA``.
 
     ``pad_offset`` (zero until LayerNorm reparameterization sets it to the per-channel
@@ -46,7 +59,7 @@ class QuantWindowMSA(WindowMSA):
     @classmethod
     def from_float(cls, module: WindowMSA, qcfg: QuantConfig) -> 'QuantWindowMSA':
         new = _adopt(cls, module)
-        attach_matmuls(new, qcfg)
+        attach_matmuls(new, qcfg, module.embed_dims)
         new.register_buffer('pad_offset', torch.zeros(
             module.embed_dims, device=next(module.parameters()).device))
         return new
@@ -67,7 +80,7 @@ class QuantWindowMSA(WindowMSA):
             attn = attn.view(B // nW, nW, self.num_heads, N, N) + mask.unsqueeze(1).unsqueeze(0)
             attn = attn.view(-1, self.num_heads, N, N)
         attn = self.attn_drop(self.softmax(attn))
-        x = self.av_matmul(attn, v).transpose(1, 2).reshape(B, N, C)
+        x = self.av_matmul(attn, v).transpose(1, 2).reshape(B, N, C) - self.out_offset
         return self.proj_drop(self.proj(x))
 
 
@@ -88,13 +101,13 @@ class QuantShiftWindowMSA(ShiftWindowMSA):
 
 
 @MODELS.register_module()
-class QuantTimmAttention(Attention):
+class QuantTimmAttention(_OutOffsetCompat, Attention):
     """timm ``Attention`` with an explicit, quantized Softmax path (no fused SDPA)."""
 
     @classmethod
     def from_float(cls, module: Attention, qcfg: QuantConfig) -> 'QuantTimmAttention':
         new = _adopt(cls, module)
-        attach_matmuls(new, qcfg)
+        attach_matmuls(new, qcfg, module.proj.in_features)
         return new
 
     def forward(self, x: Tensor, attn_mask: Optional[Tensor] = None,
@@ -112,8 +125,22 @@ class QuantTimmAttention(Attention):
             attn = attn + attn_mask
         attn = self.attn_drop(attn.softmax(dim=-1))
         x = self.av_matmul(attn, v)
-        x = x.transpose(1, 2).reshape(B, N, -1)
+        x = x.transpose(1, 2).reshape(B, N, -1) - self.out_offset
         x = self.norm(x)
         if gate is not None:
             x = x * gate
         return self.proj_drop(self.proj(x))
+
+
+def output_reparam_parts(module: nn.Module) -> Optional[Tuple[nn.Module, nn.Module]]:
+    """``(qkv, proj)`` of a quantized attention whose output (proj's input) is ``A @ v``
+    unchanged by anything between (no output norm or gate), else ``None``."""
+    from .quant_linear import QuantLinear
+    if isinstance(module, QuantTimmAttention):
+        if not isinstance(module.norm, nn.Identity) or getattr(module, 'gate', None) is not None:
+            return None
+    elif not isinstance(module, QuantWindowMSA):
+        return None
+    if not (isinstance(module.qkv, QuantLinear) and isinstance(module.proj, QuantLinear)):
+        return None
+    return module.qkv, module.proj

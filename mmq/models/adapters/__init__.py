@@ -1,5 +1,5 @@
 """Backbone adapters (one file per backbone family) and the lookups that ask all of them."""
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 from torch import nn
 
@@ -57,6 +57,15 @@ def is_quantized_attention(module: nn.Module) -> bool:
     return any(adapter.is_quantized_attention(module) for adapter in adapters())
 
 
+def attention_output_parts(module: nn.Module) -> Optional[Tuple[nn.Module, nn.Module]]:
+    """``(qkv, proj)`` of a quantized attention whose output can be reparameterized (see
+    :mod:`mmq.models.attention_output_reparam`), else ``None``."""
+    if not is_quantized_attention(module):
+        return None
+    from ..quant_attention import output_reparam_parts
+    return output_reparam_parts(module)
+
+
 def layernorm_pairs(module: nn.Module) -> List[Pair]:
     """(LayerNorm, quantized Linear, offset buffer) triples of one block whose LayerNorm has
     an affine transform to fold into."""
@@ -82,5 +91,5 @@ def find_mlps(model: nn.Module) -> List[MLPParts]:
 __all__ = [
     'BackboneAdapter', 'MLPParts', 'Pair', 'State', 'Unit', 'SwinAdapter', 'TimmViTAdapter',
     'adapters', 'build_units', 'input_roles', 'quantized_attention', 'is_quantized_attention',
-    'layernorm_pairs', 'find_mlps', 'supported_backbones'
+    'layernorm_pairs', 'attention_output_parts', 'find_mlps', 'supported_backbones'
 ]
