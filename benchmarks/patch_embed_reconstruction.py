@@ -11,13 +11,11 @@ and the share of rounding variables settled at 0 or 1.
 """
 import argparse
 import copy
-import glob
 import time
 
-import cv2
-import numpy as np
 import torch
-from mmengine.runner import load_checkpoint
+
+from dinov2_demo import float_detector, training_images
 
 from mmq.calibration.activation_store import ActivationStore
 from mmq.calibration.block_calibration import chain_outputs
@@ -27,13 +25,8 @@ from mmq.calibration.quantized_state import load_partial_state
 from mmq.calibration.units import build_units
 from mmq.config import QuantConfig
 from mmq.config.aphq_options import ReconstructOptions
-from mmq.config.detector_config import build_detector
 
-CONFIG = 'configs/demo/mask-rcnn_dinov2-vits14_fpn_shapes.py'
-CHECKPOINT = 'checkpoints/demo/mask-rcnn_dinov2-vits14_shapes.pth'
 STATE = 'benchmarks/results/accuracy/dinov2/w4a4_adalog-fpcs/stage_calibrate.pth'
-MEAN = torch.tensor([123.675, 116.28, 103.53]).view(1, 3, 1, 1)
-STD = torch.tensor([58.395, 57.12, 57.375]).view(1, 3, 1, 1)
 
 
 def main() -> None:
@@ -42,9 +35,7 @@ def main() -> None:
     parser.add_argument('--threads', type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    model = build_detector(CONFIG)
-    load_checkpoint(model, CHECKPOINT, map_location='cpu')
-    model = model.float()
+    model = float_detector()
     partial = load_partial_state(args.state)
     if partial is None:
         raise SystemExit(f'{args.state} does not exist: run the dinov2 W4A4 adalog-fpcs row of '
@@ -53,9 +44,8 @@ def main() -> None:
     model.load_state_dict(partial['state_dict'])
     model.eval()
     store = ActivationStore(2**31)
-    for path in sorted(glob.glob('data/shapes/train/*.png'))[:8]:
-        im = cv2.resize(cv2.imread(path)[:, :, ::-1], (320, 256)).astype(np.float32)
-        store.append(((torch.from_numpy(im.copy()).permute(2, 0, 1)[None] - MEAN) / STD, ))
+    for image in training_images(8):
+        store.append((image, ))
     unit = build_units(model.backbone)[0]
     targets = chain_outputs(unit, store, quant=False)
     saved = copy.deepcopy(unit.module.state_dict())

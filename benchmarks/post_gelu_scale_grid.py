@@ -10,22 +10,13 @@ MSE, as the calibration does. Prints, per block, both losses, the chosen scales 
 of the maximum, and the loss of each on the other ``--rows`` held-out tokens.
 """
 import argparse
-import glob
 
-import cv2
-import numpy as np
 import torch
-from mmengine.runner import load_checkpoint
 
-from mmq.config.detector_config import build_detector
+from dinov2_demo import float_detector, training_images
 from mmq.quantizers import ADALOG_R, GELU_SHIFT, fpcs_log, output_mse
 from mmq.quantizers.fpcs import LogSchedule
 from mmq.quantizers.log_quant import ADALOG_Q_MAX, ADALOG_Q_MIN, fake_quant_log
-
-CONFIG = 'configs/demo/mask-rcnn_dinov2-vits14_fpn_shapes.py'
-CHECKPOINT = 'checkpoints/demo/mask-rcnn_dinov2-vits14_shapes.pth'
-MEAN = torch.tensor([123.675, 116.28, 103.53]).view(1, 3, 1, 1)
-STD = torch.tensor([58.395, 57.12, 57.375]).view(1, 3, 1, 1)
 
 
 def main() -> None:
@@ -36,18 +27,15 @@ def main() -> None:
     parser.add_argument('--threads', type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    model = build_detector(CONFIG)
-    load_checkpoint(model, CHECKPOINT, map_location='cpu')
-    model = model.float().eval()
+    model = float_detector()
     blocks = model.backbone.vit.blocks
     inputs = {i: [] for i in range(len(blocks))}
     for i, block in enumerate(blocks):
         block.mlp.fc2.register_forward_hook(
             lambda mod, inp, out, i=i: inputs[i].append(inp[0].flatten(0, -2)))
     with torch.no_grad():
-        for path in sorted(glob.glob('data/shapes/train/*.png'))[:args.images]:
-            im = cv2.resize(cv2.imread(path)[:, :, ::-1], (320, 256)).astype(np.float32)
-            model.backbone(((torch.from_numpy(im.copy()).permute(2, 0, 1)[None] - MEAN) / STD))
+        for image in training_images(args.images):
+            model.backbone(image)
     bases = torch.arange(ADALOG_Q_MIN, ADALOG_Q_MAX + 1)
     grids = dict(ratio=LogSchedule(), quantiles=LogSchedule(scale_quantiles=(0.9, 1.0)))
     print(f'W?A{args.bits} post-GELU AdaLog, fc2 output MSE (search rows / held-out rows)')

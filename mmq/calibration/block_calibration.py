@@ -59,37 +59,44 @@ def _searched_ranges(rows: torch.Tensor, bits: int) -> tuple:
     return -zp * scale, (2**bits - 1 - zp) * scale
 
 
-def _layernorm_reparam(unit: Unit, store: ActivationStore, qcfg: QuantConfig,
-                       generator: torch.Generator) -> int:
-    pairs = [p for m in unit.module.modules() for p in layernorm_pairs(m)]
-    if not pairs:
-        return 0
-    search = qcfg.ln_reparam_ranges == 'search'
-    bits = qcfg.bits_for('ln_input')
-    per_item = max(1, math.ceil(LN_SEARCH_ROWS / max(1, len(store))))
-    stats: Dict[int, List[torch.Tensor]] = {}
-    rows: Dict[int, List[torch.Tensor]] = {}
+def _input_channel_ranges(unit: Unit, store: ActivationStore, layers: List[nn.Linear],
+                          rows_per_item: int = 0,
+                          generator: Optional[torch.Generator] = None
+                          ) -> Dict[int, List[torch.Tensor]]:
+    """``id(layer) -> [min, max]`` per input channel of each layer over one pass of
+    ``store``; with ``rows_per_item``, ``id(layer) -> [rows]`` (seeded samples) instead."""
+    found: Dict[int, List[torch.Tensor]] = {}
 
     def hook(layer, args):
         x = args[0].detach().reshape(-1, layer.in_features)
-        if search:
-            rows.setdefault(id(layer), []).append(sample_rows(x, per_item, generator))
-            return
-        lo, hi = x.amin(0), x.amax(0)
-        if id(layer) in stats:
-            stats[id(layer)][0] = torch.minimum(stats[id(layer)][0], lo)
-            stats[id(layer)][1] = torch.maximum(stats[id(layer)][1], hi)
+        if rows_per_item:
+            found.setdefault(id(layer), []).append(sample_rows(x, rows_per_item, generator))
+        elif id(layer) in found:
+            lo, hi = found[id(layer)]
+            found[id(layer)] = [torch.minimum(lo, x.amin(0)), torch.maximum(hi, x.amax(0))]
         else:
-            stats[id(layer)] = [lo, hi]
+            found[id(layer)] = [x.amin(0), x.amax(0)]
 
-    handles = [lin.register_forward_pre_hook(hook) for _, lin, _ in pairs]
+    handles = [layer.register_forward_pre_hook(hook) for layer in layers]
     try:
         _run_store(unit, store)()
     finally:
         for h in handles:
             h.remove()
-    for lin_id, parts in rows.items():
-        stats[lin_id] = list(_searched_ranges(torch.cat(parts), bits))
+    return found
+
+
+def _layernorm_reparam(unit: Unit, store: ActivationStore, qcfg: QuantConfig,
+                       generator: torch.Generator) -> int:
+    pairs = [p for m in unit.module.modules() for p in layernorm_pairs(m)]
+    if not pairs:
+        return 0
+    bits = qcfg.bits_for('ln_input')
+    rows = (max(1, math.ceil(LN_SEARCH_ROWS / max(1, len(store))))
+            if qcfg.ln_reparam_ranges == 'search' else 0)
+    stats = _input_channel_ranges(unit, store, [lin for _, lin, _ in pairs], rows, generator)
+    if rows:
+        stats = {k: list(_searched_ranges(torch.cat(parts), bits)) for k, parts in stats.items()}
     for norm, lin, offset in pairs:
         reparameterize(norm, lin, *stats[id(lin)], bits, offset)
     return 1
@@ -102,23 +109,7 @@ def _attention_output_reparam(unit: Unit, store: ActivationStore, qcfg: QuantCon
              for p in [attention_output_parts(m)] if p is not None]
     if not parts:
         return 0
-    stats: Dict[int, List[torch.Tensor]] = {}
-
-    def hook(layer, args):
-        x = args[0].detach().reshape(-1, layer.in_features)
-        lo, hi = x.amin(0), x.amax(0)
-        if id(layer) in stats:
-            stats[id(layer)] = [torch.minimum(stats[id(layer)][0], lo),
-                                torch.maximum(stats[id(layer)][1], hi)]
-        else:
-            stats[id(layer)] = [lo, hi]
-
-    handles = [proj.register_forward_pre_hook(hook) for _, _, proj in parts]
-    try:
-        _run_store(unit, store)()
-    finally:
-        for h in handles:
-            h.remove()
+    stats = _input_channel_ranges(unit, store, [proj for _, _, proj in parts])
     bits = qcfg.bits_for('proj_input')
     for attn, qkv, proj in parts:
         reparameterize_attention_output(attn, qkv, proj, *stats[id(proj)], bits)

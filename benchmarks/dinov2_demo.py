@@ -1,0 +1,32 @@
+"""The ``dinov2`` demo detector and its training images, for the unit-level benchmarks."""
+import glob
+from typing import List
+
+import cv2
+import numpy as np
+import torch
+from mmengine.runner import load_checkpoint
+from torch import nn
+
+from mmq.config.detector_config import build_detector
+
+CONFIG = 'configs/demo/mask-rcnn_dinov2-vits14_fpn_shapes.py'
+CHECKPOINT = 'checkpoints/demo/mask-rcnn_dinov2-vits14_shapes.pth'
+MEAN = torch.tensor([123.675, 116.28, 103.53]).view(1, 3, 1, 1)
+STD = torch.tensor([58.395, 57.12, 57.375]).view(1, 3, 1, 1)
+
+
+def float_detector() -> nn.Module:
+    """The trained ``dinov2`` demo detector in float32, eval mode."""
+    model = build_detector(CONFIG)
+    load_checkpoint(model, CHECKPOINT, map_location='cpu')
+    return model.float().eval()
+
+
+def training_images(num: int, size=(256, 320)) -> List[torch.Tensor]:
+    """The first ``num`` shapes training images, resized to ``size`` and normalised."""
+    images = []
+    for path in sorted(glob.glob('data/shapes/train/*.png'))[:num]:
+        im = cv2.resize(cv2.imread(path)[:, :, ::-1], size[::-1]).astype(np.float32)
+        images.append((torch.from_numpy(im.copy()).permute(2, 0, 1)[None] - MEAN) / STD)
+    return images
