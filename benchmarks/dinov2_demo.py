@@ -23,10 +23,10 @@ def float_detector() -> nn.Module:
     return model.float().eval()
 
 
-def training_images(num: int, size=(256, 320)) -> List[torch.Tensor]:
-    """The first ``num`` shapes training images, resized to ``size`` and normalised."""
+def training_images(num: int, size=(256, 320), split: str = 'train') -> List[torch.Tensor]:
+    """The first ``num`` shapes images of ``split``, resized to ``size`` and normalised."""
     images = []
-    for path in sorted(glob.glob('data/shapes/train/*.png'))[:num]:
+    for path in sorted(glob.glob(f'data/shapes/{split}/*.png'))[:num]:
         im = cv2.resize(cv2.imread(path)[:, :, ::-1], size[::-1]).astype(np.float32)
         images.append((torch.from_numpy(im.copy()).permute(2, 0, 1)[None] - MEAN) / STD)
     return images

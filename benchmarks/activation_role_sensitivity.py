@@ -1,0 +1,95 @@
+"""Which quantized tensors of a calibrated ``dinov2`` detector cost the most: each role's
+quantizers switched back to float in turn, the backbone's pyramid features compared with
+the float model's on held-out images.
+
+    python benchmarks/activation_role_sensitivity.py [--state WORK_DIR/stage_calibrate.pth]
+
+A seconds-long proxy for the accuracy benchmark's per-role rows (``adalog-fpcs-<role>8``,
+which recalibrate at 8 bits and evaluate AP, about 25 minutes each here): it removes a
+role's error entirely rather than shrinking it, and ignores how calibration would adapt.
+Prints, per role, the features' SQNR (dB, mean over pyramid levels and images) with that
+role float, and its gain over the fully quantized model.
+"""
+import argparse
+from typing import Dict, List
+
+import torch
+from torch import nn
+
+from dinov2_demo import float_detector, training_images
+from mmq.calibration.quantize import prepare
+from mmq.calibration.quantized_state import load_partial_state
+from mmq.config import QuantConfig
+from mmq.models.transform import quantizers
+from mmq.quantizers.objectives import sqnr_db
+
+STATE = 'benchmarks/results/accuracy/dinov2/w4a4_adalog-fpcs/stage_calibrate.pth'
+
+
+def roles(backbone: nn.Module) -> Dict[str, List[nn.Module]]:
+    """The quantizers of each role in the DINOv2 ``TimmViTDet`` (see QuantConfig.role_bits)."""
+    found: Dict[str, List[nn.Module]] = {r: [] for r in (
+        'weights', 'ln_input', 'qk', 'v', 'post_softmax', 'proj_input', 'post_gelu', 'other')}
+    for block in backbone.vit.blocks:
+        attn, mlp = block.attn, block.mlp
+        found['ln_input'] += [attn.qkv.input_quantizer, mlp.fc1.input_quantizer]
+        found['qk'] += [attn.qk_matmul.a_quantizer, attn.qk_matmul.b_quantizer]
+        found['v'].append(attn.av_matmul.b_quantizer)
+        found['post_softmax'].append(attn.av_matmul.a_quantizer)
+        found['proj_input'].append(attn.proj.input_quantizer)
+        found['post_gelu'].append(mlp.fc2.input_quantizer)
+    named = {id(q) for qs in found.values() for q in qs}
+    for name, module in backbone.named_modules():
+        for attr in ('weight_quantizer', 'input_quantizer'):
+            q = getattr(module, attr, None)
+            if q is not None and id(q) not in named:
+                found['weights' if attr == 'weight_quantizer' else 'other'].append(q)
+    return found
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('--state', default=STATE)
+    parser.add_argument('--images', type=int, default=8)
+    parser.add_argument('--threads', type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    model = float_detector()
+    partial = load_partial_state(args.state)
+    if partial is None:
+        raise SystemExit(f'{args.state} does not exist: run the dinov2 W4A4 adalog-fpcs row of '
+                         'benchmarks/accuracy_benchmark.py first.')
+    prepare(model, QuantConfig.from_dict(partial['quant_cfg']))
+    model.load_state_dict(partial['state_dict'])
+    model.eval()
+    backbone = model.backbone
+    groups = roles(backbone)
+    images = training_images(args.images, split='val')
+    every = list(quantizers(backbone))
+
+    def features_sqnr(float_ids) -> float:
+        for q in every:
+            q.enabled = id(q) not in float_ids
+        values = []
+        with torch.no_grad():
+            for image, refs in zip(images, reference):
+                values += [sqnr_db(r, o) for r, o in zip(refs, backbone(image))]
+        return sum(values) / len(values)
+
+    with torch.no_grad():
+        for q in every:
+            q.enabled = False
+        reference = [backbone(image) for image in images]
+    base = features_sqnr(set())
+    print(f'{args.state}: all quantized {base:.2f} dB pyramid-feature SQNR '
+          f'({args.images} val images)')
+    groups['all activations'] = [q for role, qs in groups.items() if role != 'weights'
+                                 for q in qs]
+    for role, qs in groups.items():
+        value = features_sqnr({id(q) for q in qs})
+        print(f'  {role:15s} float ({len(qs):3d} quantizers): {value:6.2f} dB '
+              f'({value - base:+.2f})', flush=True)
+
+
+if __name__ == '__main__':
+    main()
