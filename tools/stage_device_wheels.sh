@@ -21,7 +21,7 @@ PLATFORMS=(--platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64
     --implementation cp "${PLATFORMS[@]}" -d "$DEST" \
     mmengine==0.10.7 mmdet==3.3.0 timm==1.0.31 pycocotools==2.0.11 shapely==2.2.0 \
     terminaltables==3.1.10 addict==2.4.0 yapf==0.43.0 termcolor==3.3.0 platformdirs==4.14.8 \
-    six==1.17.0
+    six==1.17.0 pytest-timeout==2.4.0
 # mmcv 2.1.0 has no wheel for torch 2.11 + CUDA 13: device_check.sh builds it from source.
 "$PYTHON" -m pip download -q --no-deps --no-binary=:all: --no-build-isolation -d "$DEST" \
     mmcv==2.1.0
