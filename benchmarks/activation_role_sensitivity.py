@@ -16,10 +16,7 @@ from typing import Dict, List
 import torch
 from torch import nn
 
-from dinov2_demo import float_detector, training_images
-from mmq.calibration.quantize import prepare
-from mmq.calibration.quantized_state import load_partial_state
-from mmq.config import QuantConfig
+from dinov2_demo import calibrated_detector, training_images
 from mmq.models.transform import quantizers
 from mmq.quantizers.objectives import sqnr_db
 
@@ -54,14 +51,7 @@ def main() -> None:
     parser.add_argument('--threads', type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    model = float_detector()
-    partial = load_partial_state(args.state)
-    if partial is None:
-        raise SystemExit(f'{args.state} does not exist: run the dinov2 W4A4 adalog-fpcs row of '
-                         'benchmarks/accuracy_benchmark.py first.')
-    prepare(model, QuantConfig.from_dict(partial['quant_cfg']))
-    model.load_state_dict(partial['state_dict'])
-    model.eval()
+    model = calibrated_detector(args.state)
     backbone = model.backbone
     groups = roles(backbone)
     images = training_images(args.images, split='val')

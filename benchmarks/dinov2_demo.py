@@ -8,6 +8,9 @@ import torch
 from mmengine.runner import load_checkpoint
 from torch import nn
 
+from mmq.calibration.quantize import prepare
+from mmq.calibration.quantized_state import load_partial_state
+from mmq.config import QuantConfig
 from mmq.config.detector_config import build_detector
 
 CONFIG = 'configs/demo/mask-rcnn_dinov2-vits14_fpn_shapes.py'
@@ -21,6 +24,19 @@ def float_detector() -> nn.Module:
     model = build_detector(CONFIG)
     load_checkpoint(model, CHECKPOINT, map_location='cpu')
     return model.float().eval()
+
+
+def calibrated_detector(state: str) -> nn.Module:
+    """The float detector with a calibration stage's saved state (``stage_calibrate.pth`` of
+    an accuracy-benchmark row) loaded, eval mode."""
+    partial = load_partial_state(state)
+    if partial is None:
+        raise SystemExit(f'{state} does not exist: run the dinov2 W4A4 adalog-fpcs row of '
+                         'benchmarks/accuracy_benchmark.py first.')
+    model = float_detector()
+    prepare(model, QuantConfig.from_dict(partial['quant_cfg']))
+    model.load_state_dict(partial['state_dict'])
+    return model.eval()
 
 
 def training_images(num: int, size=(256, 320), split: str = 'train') -> List[torch.Tensor]:

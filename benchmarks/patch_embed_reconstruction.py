@@ -15,15 +15,12 @@ import time
 
 import torch
 
-from dinov2_demo import float_detector, training_images
+from dinov2_demo import calibrated_detector, training_images
 
 from mmq.calibration.activation_store import ActivationStore
 from mmq.calibration.block_calibration import chain_outputs
 from mmq.calibration.block_reconstruction import reconstruct_unit
-from mmq.calibration.quantize import prepare
-from mmq.calibration.quantized_state import load_partial_state
 from mmq.calibration.units import build_units
-from mmq.config import QuantConfig
 from mmq.config.aphq_options import ReconstructOptions
 
 STATE = 'benchmarks/results/accuracy/dinov2/w4a4_adalog-fpcs/stage_calibrate.pth'
@@ -35,14 +32,7 @@ def main() -> None:
     parser.add_argument('--threads', type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    model = float_detector()
-    partial = load_partial_state(args.state)
-    if partial is None:
-        raise SystemExit(f'{args.state} does not exist: run the dinov2 W4A4 adalog-fpcs row of '
-                         'benchmarks/accuracy_benchmark.py first.')
-    prepare(model, QuantConfig.from_dict(partial['quant_cfg']))
-    model.load_state_dict(partial['state_dict'])
-    model.eval()
+    model = calibrated_detector(args.state)
     store = ActivationStore(2**31)
     for image in training_images(8):
         store.append((image, ))
