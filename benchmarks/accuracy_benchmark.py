@@ -12,6 +12,7 @@ without ``+rec`` (the same calibration and MR), so its time is the reconstructio
 alone. Writes ``accuracy.json``, ``accuracy.md`` and ``accuracy.png`` to ``--out``.
 """
 import argparse
+import fcntl
 import hashlib
 import json
 import os
@@ -77,6 +78,18 @@ def split_method(method: str):
     if method not in METHODS:
         raise SystemExit(f'unknown method {method!r}; known: {list(METHODS)} (+ @detector, #sN)')
     return method, scope, seed
+
+
+def calibration_row(method: str) -> str:
+    """The row whose ``stage_calibrate.pth`` a ``+rec`` row starts from: the same method without
+    ``+rec`` and what follows it, keeping the scope and seed suffixes
+    (``adalog-fpcs+rec@detector#s1`` -> ``adalog-fpcs@detector#s1``)."""
+    head, _, tail = method.partition('+rec')
+    if '@detector' in tail:
+        head += '@detector'
+    if '#s' in tail:
+        head += '#s' + tail.partition('#s')[2]
+    return head
 
 
 def parse_args() -> argparse.Namespace:
@@ -177,6 +190,20 @@ def _merge(path: str, rows: list) -> list:
                                  r['bits'] or 0, r['method']))
 
 
+def _save(path: str, rows: list) -> list:
+    """Merge ``rows`` into ``path`` under an exclusive lock and replace the file atomically, so
+    benchmark processes running side by side (one per detector or method list) keep each
+    other's rows."""
+    with open(path + '.lock', 'w') as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        rows = _merge(path, rows)
+        tmp = f'{path}.{os.getpid()}.tmp'
+        with open(tmp, 'w') as f:
+            json.dump(dict(rows=rows, methods=METHODS, command=' '.join(sys.argv)), f, indent=1)
+        os.replace(tmp, path)
+    return rows
+
+
 def _markdown(rows: list) -> str:
     lines = ['| detector | bits | method | box AP | mask AP | box / mask kept | calib. s | '
              'stages s | peak RSS MB |', '|---|---|---|---|---|---|---|---|---|']
@@ -256,7 +283,7 @@ def main() -> None:
                    '--num-images', str(args.num_images)]
             if '+rec' in method:
                 # Same calibration as the row without '+rec': start from its saved stage.
-                base = osp.join(args.out, det, f"w{bits}a{bits}_{method.split('+rec')[0]}",
+                base = osp.join(args.out, det, f'w{bits}a{bits}_{calibration_row(method)}',
                                 'stage_calibrate.pth')
                 if osp.isfile(base):
                     cmd += ['--resume-from', base]
@@ -264,9 +291,7 @@ def main() -> None:
         print(f"{label}: box AP {row['bbox_mAP']:.3f}, mask AP {row['segm_mAP']:.3f}",
               flush=True)
         rows.append(row)
-        rows = _merge(osp.join(args.out, 'accuracy.json'), rows)
-        with open(osp.join(args.out, 'accuracy.json'), 'w') as f:
-            json.dump(dict(rows=rows, methods=METHODS, command=' '.join(sys.argv)), f, indent=1)
+        rows = _save(osp.join(args.out, 'accuracy.json'), rows)
     with open(osp.join(args.out, 'accuracy.md'), 'w') as f:
         f.write(_markdown(rows))
     _plot(rows, osp.join(args.out, 'accuracy.png'))
