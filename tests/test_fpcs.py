@@ -263,3 +263,27 @@ def test_log_scale_quantile_grid_reaches_scales_below_the_ratio_grid():
     assert float(quant.params[0, 1]) < 0.1 * 200
     assert float(quant.loss) <= float(ratio.loss) * (1 + 1e-6)
     assert quant.evaluations == ratio.evaluations + 8 * 16  # 16 more scales per kept base
+
+
+def test_compiled_kernels_keep_compiling_past_dynamo_recompile_limit(monkeypatch):
+    """Sizes 0 / 1 and views specialise even under dynamic shapes, so a detector backbone gives
+    one kernel up to ~16 graphs; past dynamo's recompile limit the new variants silently ran
+    eager. The kernels carry their own limit: with the global limit at 1, three variants
+    still compile three graphs (and match eager)."""
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+
+    from mmq.quantizers import fused_scores as fs
+    if not fs.compile_enabled():
+        pytest.skip('compiled kernels disabled (MMQ_COMPILE=0)')
+    monkeypatch.setattr(torch._dynamo.config, 'recompile_limit', 1)
+    torch._dynamo.reset()
+    fs._compiled.clear()
+    counters.clear()
+    for pre, groups in [(1, 1), (2, 1), (2, 4)]:
+        x = torch.randn(1, pre, groups, 5)
+        scale, zp = torch.rand(3, 1, groups, 1) + 0.1, torch.zeros(3, 1, groups, 1)
+        torch.testing.assert_close(fs.uniform_self_mse(x, scale, zp, 15.0),
+                                   fs.uniform_self_mse_eager(x, scale, zp, 15.0))
+    assert counters['stats']['unique_graphs'] == 3
+    assert not any('recompile limit' in str(k) for k in counters['unimplemented'])

@@ -58,6 +58,12 @@ def uniform_fake_quant_eager(x: Tensor, scale: Tensor, zero_point: Tensor,
     return torch.clamp(torch.round(x / scale), -zero_point, qmax - zero_point) * scale
 
 
+# Graphs each kernel may hold. Dynamic shapes still specialise sizes 0 / 1, views and a few
+# size thresholds, so one kernel sees up to ~16 variants on a detector backbone; past dynamo's
+# default limit (8) the new variants would silently run eager.
+RECOMPILE_LIMIT = 64
+
+
 def _run(eager: Callable, *args):
     """``eager(*args)`` through its cached ``torch.compile`` version when compiling is
     enabled; on a failed compile, warn once and use eager from then on."""
@@ -66,7 +72,8 @@ def _run(eager: Callable, *args):
         try:
             if eager not in _compiled:
                 _compiled[eager] = torch.compile(eager, dynamic=True)
-            return _compiled[eager](*args)
+            with torch._dynamo.config.patch(recompile_limit=RECOMPILE_LIMIT):
+                return _compiled[eager](*args)
         except Exception as e:  # noqa: BLE001  (no compiler, unsupported device, ...)
             _disabled = True
             print_log(f'[mmq] torch.compile of the FPCS scoring failed ({type(e).__name__}: '

@@ -60,8 +60,6 @@ def is_quantized_attention(module: nn.Module) -> bool:
 def attention_output_parts(module: nn.Module) -> Optional[Tuple[nn.Module, nn.Module]]:
     """``(qkv, proj)`` of a quantized attention whose output can be reparameterized (see
     :mod:`mmq.models.attention_output_reparam`), else ``None``."""
-    if not is_quantized_attention(module):
-        return None
     from ..quant_attention import output_reparam_parts
     return output_reparam_parts(module)
 
