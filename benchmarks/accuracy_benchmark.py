@@ -57,6 +57,8 @@ METHODS = {
     'adalog-fpcs-projrep': dict(proj_reparam=True),
     'adalog-fpcs-projrep+rec': dict(proj_reparam=True, stages=['calibrate', 'reconstruct'],
                                     reconstruct=REC_DEMO),
+    # The published number of alternating search rounds (default 1).
+    'adalog-fpcs-rounds3': dict(rounds=3),
     # LayerNorm reparameterization from searched (not min / max) per-channel ranges.
     'adalog-fpcs-lnsearch': dict(ln_reparam_ranges='search'),
     **{f'adalog-fpcs-{role}8': dict(role_bits={role: 8})
