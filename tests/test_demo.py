@@ -160,8 +160,9 @@ def test_committed_dinov2_detector_keeps_its_accuracy_at_w6a6(demo_split, tmp_pa
 
 
 def test_detector_scope_reconstructs_the_neck(demo_split, tmp_path):
-    """scope='detector' with reconstruction: after the backbone blocks the FPN is
-    reconstructed too (its weight quantizers hold learned rounding)."""
+    """scope='detector' with reconstruction: the ViTDet pyramid (plain MSE over its levels)
+    and, after the backbone, the FPN are reconstructed too (their weight quantizers hold
+    learned rounding)."""
     work = str(tmp_path / 'rec')
     _run('vit', demo_split, work, dict(FAST_QUANT, scope='detector',
                                        stages=['calibrate', 'reconstruct'],
@@ -174,3 +175,7 @@ def test_detector_scope_reconstructs_the_neck(demo_split, tmp_path):
     rounding = [k for k, v in state.items()
                 if k.startswith('neck.') and k.endswith('weight_quantizer.rounding')]
     assert rounding and all(state[k].numel() > 0 for k in rounding), rounding
+    pyramid = [u for u in report['units'] if u.get('unit') == 'pyramid'
+               and u['stage'] == 'reconstruct']
+    assert len(pyramid) == 1 and pyramid[0]['objective'] == 'mse', pyramid
+    assert pyramid[0]['layers'] > 0 and pyramid[0]['loss_trained'] < pyramid[0]['loss_before']

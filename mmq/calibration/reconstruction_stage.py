@@ -16,9 +16,10 @@ from .block_reconstruction import reconstruct_unit
 from .units import Unit, first_tensor
 
 
-def reconstructable(unit: Unit) -> bool:
-    """Units with a callable module (blocks, patch merging, patch embedding); the ViTDet
-    pyramid (a ModuleList of levels) keeps its calibrated parameters."""
+def aph_weighted(unit: Unit) -> bool:
+    """Units whose one output tensor APH weighs (blocks, patch merging, patch embedding). A
+    multi-output unit (the ViTDet pyramid, a ModuleList of levels) is reconstructed on the
+    plain MSE of every level, as the published pipeline treats the FPN."""
     return not isinstance(unit.module, (nn.ModuleList, nn.ModuleDict))
 
 
@@ -41,7 +42,7 @@ def reconstruct_units(model: nn.Module, units: List[Unit], images: ActivationSto
         raise ValueError('the float reference model\'s units '
                          f'{[u.name for u in fp_units]} do not match the quantized model\'s '
                          f'{[u.name for u in units]}.')
-    todo = [i for i, u in enumerate(units) if i >= done and reconstructable(u)]
+    todo = [i for i, u in enumerate(units) if i >= done and aph_weighted(u)]
     t0 = time.perf_counter()
     batches = [images[k][0] for k in range(min(len(images), opts.aph_images or len(images)))]
     maps = aph_importance(forward, task_loss, batches, [fp_units[i].module for i in todo], eps,
@@ -54,12 +55,12 @@ def reconstruct_units(model: nn.Module, units: List[Unit], images: ActivationSto
     q_store = fp_store = images
     for i, unit in enumerate(units):
         fp_out = chain_outputs(fp_units[i], fp_store, quant=False)
-        if i in hs:
-            h = hs[i]
-            out_shape = first_tensor(fp_out[0]).shape[1:]
+        if i >= done:
+            h = hs.get(i)  # None: plain MSE over every output (the ViTDet pyramid)
             if isinstance(h, ImportanceMaps):
                 h = h.normalised()  # one map per image shape
-            else:
+            elif h is not None:
+                out_shape = first_tensor(fp_out[0]).shape[1:]
                 if h.dim() > 1 and h.shape != out_shape:
                     # The module's output is not the unit's (e.g. a class token added after
                     # the patch embedding): keep the channel structure only.
@@ -67,12 +68,15 @@ def reconstruct_units(model: nn.Module, units: List[Unit], images: ActivationSto
                 h = rms_normalise(h)
             generator = seeded_generator(seed, 'reconstruct', i)
             report = reconstruct_unit(unit, q_store, fp_store, fp_out, h, opts, generator)
-            report.update(stage='reconstruct', index=i, aph=aph_stats(hs[i]))
+            report.update(stage='reconstruct', index=i,
+                          objective='aph' if i in hs else 'mse',
+                          **({'aph': aph_stats(hs[i])} if i in hs else {}))
             reports.append(report)
             if logger is not None:
                 note = ' (kept calibrated: training did not help)' if report['reverted'] else ''
-                logger.info(f"[mmq] reconstruct {i + 1}/{len(units)} {unit.name}: weighted "
-                            f"loss {report['loss_before']:.4g} -> {report['loss_after']:.4g}, "
+                kind = 'weighted loss' if i in hs else 'MSE'
+                logger.info(f"[mmq] reconstruct {i + 1}/{len(units)} {unit.name}: {kind} "
+                            f"{report['loss_before']:.4g} -> {report['loss_after']:.4g}, "
                             f"{report['seconds']:.1f} s{note}")
             if on_unit_done is not None:
                 on_unit_done(report)
