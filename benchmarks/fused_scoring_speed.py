@@ -11,8 +11,9 @@ A DINOv2 ViT-S/14-shaped ``mmq.TimmViTDet`` (the converted DINOv2 weights when
 ``checkpoints/dinov2/vit_small_patch14_dinov2.pth`` exists, else random weights of the same
 shape) cut to ``--blocks`` blocks, W4A4 AdaLog + FPCS on ``--images`` 256x320 inputs
 (320 patch tokens). Runs eager, then fast (a first one-image run compiles and is timed apart:
-compiling is a once-per-process cost), and prints both times, their ratio and each unit's output SQNR. ``--device`` runs both on that
-device (model and images moved there; tools/device_check.sh uses it on a GPU).
+compiling is a once-per-process cost), and prints both times, their ratio and each unit's
+output SQNR. ``--device`` runs both on that device (model and images moved there;
+tools/device_check.sh uses it on a GPU).
 """
 import argparse
 import copy

@@ -3,8 +3,9 @@
     python benchmarks/speed_vs_ref.py [--ref f84a052] [--images 32] [--height 800 --width 1333]
                                       [--threads 2] [--config ...] [--out ...]
 
-By default the stock Swin-T Mask R-CNN backbone (``mmdet::swin/mask-rcnn_swin-t-p4-w7_fpn_1x_coco.py``,
-seeded random weights built once and handed to both runs), generated shapes images, W4A4
+By default the stock Swin-T Mask R-CNN backbone
+(``mmdet::swin/mask-rcnn_swin-t-p4-w7_fpn_1x_coco.py``, seeded random weights built once and
+handed to both runs), generated shapes images, W4A4
 AdaLog + FPCS, 1 round, default search budget. The ref's ``mmq`` package is extracted with
 ``git archive`` to a temporary folder and imported from there (``PYTHONPATH`` comes before the
 editable install); each side runs in its own process, one after the other, with the same

@@ -56,7 +56,8 @@ def reconstruct_units(model: nn.Module, units: List[Unit], images: ActivationSto
     for i, unit in enumerate(units):
         fp_out = chain_outputs(fp_units[i], fp_store, quant=False)
         if i >= done:
-            h = hs.get(i)  # None: plain MSE over every output (the ViTDet pyramid)
+            weighted = i in hs  # else plain MSE over every output (the ViTDet pyramid)
+            h = hs.get(i)
             if isinstance(h, ImportanceMaps):
                 h = h.normalised()  # one map per image shape
             elif h is not None:
@@ -68,13 +69,13 @@ def reconstruct_units(model: nn.Module, units: List[Unit], images: ActivationSto
                 h = rms_normalise(h)
             generator = seeded_generator(seed, 'reconstruct', i)
             report = reconstruct_unit(unit, q_store, fp_store, fp_out, h, opts, generator)
-            report.update(stage='reconstruct', index=i,
-                          objective='aph' if i in hs else 'mse',
-                          **({'aph': aph_stats(hs[i])} if i in hs else {}))
+            report.update(stage='reconstruct', index=i, objective='aph' if weighted else 'mse')
+            if weighted:
+                report['aph'] = aph_stats(hs[i])
             reports.append(report)
             if logger is not None:
                 note = ' (kept calibrated: training did not help)' if report['reverted'] else ''
-                kind = 'weighted loss' if i in hs else 'MSE'
+                kind = 'weighted loss' if weighted else 'MSE'
                 logger.info(f"[mmq] reconstruct {i + 1}/{len(units)} {unit.name}: {kind} "
                             f"{report['loss_before']:.4g} -> {report['loss_after']:.4g}, "
                             f"{report['seconds']:.1f} s{note}")
