@@ -50,6 +50,10 @@ METHODS = {
     # Activation ablation (issue: which 4-bit activation role costs most): 8-bit weights, or
     # one activation role at 8 bits.
     'adalog-fpcs-w8': dict(w_bits=8),
+    # W8A4 with block reconstruction: can learned activation scales recover the 4-bit
+    # activations' loss (starts from the W8A4 calibrate-only state)?
+    'adalog-fpcs-w8+rec': dict(w_bits=8, stages=['calibrate', 'reconstruct'],
+                               reconstruct=REC_DEMO),
     # Outlier-aware row sampling: a quarter of the search rows are the largest tokens.
     'adalog-fpcs-outliers': dict(search_outliers=0.25),
     # Attention-output reparameterization: per-channel ranges for proj's input (beyond the
