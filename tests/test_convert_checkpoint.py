@@ -88,7 +88,7 @@ def test_command_line(tmp_path):
     torch.save(dict(state_dict=old_layout_state_dict(), meta=dict(epoch=36)), src)
     subprocess.run([sys.executable, 'tools/convert_swin_det_checkpoint.py', str(src), str(dst)],
                    check=True)
-    out = torch.load(dst, weights_only=False)
+    out = torch.load(dst, weights_only=True)
     assert out['meta']['epoch'] == 36
     assert 'backbone.stages.1.blocks.0.attn.w_msa.relative_position_bias_table' in out[
         'state_dict']

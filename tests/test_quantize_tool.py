@@ -9,6 +9,7 @@ import sys
 import pytest
 import torch
 from mmdet.registry import MODELS
+from mmengine.logging import MessageHub
 from mmdet.utils import register_all_modules
 
 from .conftest import FAST_QUANT, swin_config
@@ -32,7 +33,12 @@ def test_quantize_tool_calibrates_then_reloads(shapes_data, tmp_path):
     register_all_modules()
     torch.manual_seed(0)
     ckpt = str(tmp_path / 'float.pth')
-    torch.save(dict(state_dict=MODELS.build(cfg.model).state_dict()), ckpt)
+    # As mmengine's CheckpointHook writes it: with a message hub (HistoryBuffer objects),
+    # which torch.load(weights_only=True), and so mmengine's own loader, refuses.
+    hub = MessageHub.get_instance('mmq_test_quantize_tool')
+    hub.update_scalar('train/loss', 1.0)
+    torch.save(dict(state_dict=MODELS.build(cfg.model).state_dict(), meta=dict(epoch=1),
+                    message_hub=hub.state_dict()), ckpt)
     cfg_file = str(tmp_path / 'quant_cfg.py')
     cfg.dump(cfg_file)
     work = str(tmp_path / 'work')
@@ -40,6 +46,7 @@ def test_quantize_tool_calibrates_then_reloads(shapes_data, tmp_path):
                          capture_output=True, text=True)
     assert run.returncode == 0, run.stderr[-3000:]
     first = _metrics(run.stdout + run.stderr)
+    assert 'HistoryBuffer' in run.stdout and 'are loaded from there' in run.stdout
     report = json.load(open(osp.join(work, 'calibration_report.json')))
     assert report['status'] == 'done' and report['num_images'] == 2
     state = osp.join(work, 'quantized_state.pth')

@@ -15,6 +15,8 @@ from typing import Dict
 import torch
 from mmdet.models.backbones.swin import swin_converter
 
+from mmq.float_checkpoint import is_plain, load_checkpoint_without_code
+
 
 def convert_state_dict(state_dict: Dict[str, torch.Tensor]) -> 'OrderedDict[str, torch.Tensor]':
     """mmdet 2.x Swin detector keys -> mmdet 3.x keys."""
@@ -40,11 +42,15 @@ def main() -> None:
     args = parser.parse_args()
     if not os.path.isfile(args.src):
         raise SystemExit(f'{args.src!r} does not exist.')
-    ckpt = torch.load(args.src, map_location='cpu', weights_only=False)
+    try:  # a downloaded file: read without running code from it
+        ckpt, _ = load_checkpoint_without_code(args.src)
+    except ValueError as e:
+        raise SystemExit(str(e)) from None
     state_dict = ckpt.get('state_dict', ckpt) if isinstance(ckpt, dict) else None
     if not isinstance(state_dict, dict):
         raise SystemExit(f'{args.src!r} holds no state dict.')
-    meta = dict(ckpt.get('meta', {})) if 'state_dict' in ckpt else {}
+    meta = ckpt.get('meta', {}) if 'state_dict' in ckpt else {}
+    meta = {k: v for k, v in meta.items() if is_plain(v)} if isinstance(meta, dict) else {}
     meta['mmq_converted_from'] = os.path.basename(args.src)
     converted = convert_state_dict(state_dict)
     os.makedirs(os.path.dirname(os.path.abspath(args.dst)), exist_ok=True)

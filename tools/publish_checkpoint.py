@@ -12,6 +12,8 @@ import os
 
 import torch
 
+from mmq.float_checkpoint import load_checkpoint_without_code
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -19,11 +21,13 @@ def main() -> None:
     parser.add_argument('dst')
     parser.add_argument('--fp16', action='store_true', help='store float tensors as float16')
     args = parser.parse_args()
-    ckpt = torch.load(args.src, map_location='cpu', weights_only=False)
+    # Training checkpoints hold mmengine bookkeeping objects: read without running them.
+    ckpt, _ = load_checkpoint_without_code(args.src)
     state = ckpt.get('state_dict', ckpt)
     if args.fp16:
         state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
     meta = ckpt.get('meta', {}) if isinstance(ckpt, dict) else {}
+    meta = meta if isinstance(meta, dict) else {}
     keep = {k: meta[k] for k in ('epoch', 'iter', 'mmdet_version', 'seed') if k in meta}
     keep = {k: v if isinstance(v, (int, float, str)) else str(v) for k, v in keep.items()}
     os.makedirs(os.path.dirname(os.path.abspath(args.dst)), exist_ok=True)

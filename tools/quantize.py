@@ -18,6 +18,7 @@ import time
 from mmengine.config import Config, DictAction
 from mmengine.runner import Runner
 
+from mmq.float_checkpoint import loadable_checkpoint
 from mmq.utils import write_metrics
 
 HOOK_TYPE = 'mmq.QuantCalibrationHook'
@@ -104,6 +105,7 @@ def init_cpu_distributed(cfg: Config) -> None:
 def main() -> None:
     args = parse_args()
     cfg = build_config(args)
+    cfg.load_from = loadable_checkpoint(cfg.load_from, cfg.work_dir)
     init_cpu_distributed(cfg)
     start = time.perf_counter()
     runner = Runner.from_cfg(cfg)

@@ -12,6 +12,7 @@ import time
 from mmengine.config import Config, DictAction
 from mmengine.runner import Runner
 
+from mmq.float_checkpoint import loadable_checkpoint
 from mmq.utils import write_metrics
 
 
@@ -35,6 +36,7 @@ def main() -> None:
     cfg.load_from = args.checkpoint
     cfg.work_dir = args.work_dir or cfg.get('work_dir') or osp.join(
         './work_dirs', osp.splitext(osp.basename(args.config))[0])
+    cfg.load_from = loadable_checkpoint(cfg.load_from, cfg.work_dir)
     start = time.perf_counter()
     runner = Runner.from_cfg(cfg)
     metrics = runner.test()

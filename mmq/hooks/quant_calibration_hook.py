@@ -13,6 +13,7 @@ from mmq.calibration import load_quantized_state
 from mmq.calibration.quantize import prepare
 from mmq.calibration.work_dir import STATE_FILE, calibrate_in_work_dir
 from mmq.config.quant_config import QuantConfig
+from mmq.float_checkpoint import load_checkpoint_without_code
 from mmq.registry import HOOKS
 from mmq.utils import file_sha256, seeded_generator
 from mmq.version import __version__
@@ -163,15 +164,7 @@ class QuantCalibrationHook(Hook):
 def check_checkpoint_matches(model, path: str) -> None:
     """Refuse to quantize when the float checkpoint does not fit the config's model (mmengine
     only warns and leaves the unmatched weights random)."""
-    if not osp.isfile(path):
-        raise FileNotFoundError(f'float checkpoint {path!r} does not exist.')
-    try:
-        ckpt = torch.load(path, map_location='cpu', weights_only=True, mmap=True)
-    except Exception as e:  # noqa: BLE001  (torch raises several types for bad files)
-        raise ValueError(f'float checkpoint {path!r} cannot be read as tensors ({type(e).__name__}:'
-                         f' {str(e)[:200]}): it is empty, corrupt, not a checkpoint, or holds '
-                         'pickled objects (never executed here; re-save its state_dict with '
-                         'tools/publish_checkpoint.py).') from e
+    ckpt, _ = load_checkpoint_without_code(path)  # clear errors for missing / bad files
     ckpt = ckpt.get('state_dict', ckpt) if isinstance(ckpt, dict) else {}
     model_state = model.state_dict()
     missing = [k for k in model_state if k.startswith('backbone.') and k not in ckpt]
