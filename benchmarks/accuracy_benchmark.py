@@ -61,6 +61,8 @@ METHODS = {
     'adalog-fpcs-projrep': dict(proj_reparam=True),
     'adalog-fpcs-projrep+rec': dict(proj_reparam=True, stages=['calibrate', 'reconstruct'],
                                     reconstruct=REC_DEMO),
+    # Four times the search rows / attention maps (the published code scores every token).
+    'adalog-fpcs-rows1024': dict(search_rows=1024, search_windows=128),
     # The published number of alternating search rounds (default 1).
     'adalog-fpcs-rounds3': dict(rounds=3),
     # LayerNorm reparameterization from searched (not min / max) per-channel ranges.
