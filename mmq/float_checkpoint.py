@@ -15,6 +15,7 @@ import os
 import os.path as osp
 import pickle
 import types
+import zipfile
 from collections import OrderedDict
 from typing import Any, List, Tuple
 
@@ -109,8 +110,9 @@ def load_checkpoint_without_code(path: str, map_location='cpu') -> Tuple[Any, Li
     names the globals turned into placeholders (empty when ``weights_only=True`` suffices)."""
     if not osp.isfile(path):
         raise FileNotFoundError(f'checkpoint {path!r} does not exist.')
-    try:
-        return torch.load(path, map_location=map_location, weights_only=True), []
+    try:  # memory-mapped where the format allows: checking or copying need not read it all
+        return torch.load(path, map_location=map_location, weights_only=True,
+                          mmap=zipfile.is_zipfile(path)), []
     except pickle.UnpicklingError:
         pass  # objects besides tensors: read again below, with placeholders
     except Exception as e:  # noqa: BLE001  (torch raises several types for bad files)
