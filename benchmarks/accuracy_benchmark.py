@@ -47,6 +47,10 @@ METHODS = {
                                reconstruct=REC_DEMO),
     'adalog-fpcs+rec-logscale': dict(stages=['calibrate', 'reconstruct'],
                                      reconstruct=dict(REC_DEMO, learn_log_scales=True)),
+    # Three times the demo reconstruction steps (same round_lr x iters product): does the short
+    # schedule limit the W4A4 result?
+    'adalog-fpcs+rec-long': dict(stages=['calibrate', 'reconstruct'],
+                                 reconstruct=dict(REC_DEMO, iters=900, round_lr=0.1 / 3)),
     # Activation ablation (issue: which 4-bit activation role costs most): 8-bit weights, or
     # one activation role at 8 bits.
     'adalog-fpcs-w8': dict(w_bits=8),
