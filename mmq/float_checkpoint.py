@@ -135,6 +135,33 @@ def load_checkpoint_without_code(path: str, map_location='cpu') -> Tuple[Any, Li
     return ckpt, sorted({name for names in seen for name in names})
 
 
+def load_from_local_without_code(filename: str, map_location=None) -> Any:
+    """mmengine's loader of local checkpoint files (``CheckpointLoader`` scheme ``''``), reading
+    as :func:`load_checkpoint_without_code` does: what ``torch.load(weights_only=True)`` reads
+    comes out the same; a training checkpoint (message hub, numpy scalars), which that refuses,
+    comes out with its tensors exact and its bookkeeping as placeholders, and says so."""
+    filename = osp.expanduser(filename)
+    if not osp.isfile(filename):
+        raise FileNotFoundError(f'{filename} can not be found.')
+    ckpt, replaced = load_checkpoint_without_code(filename, map_location)
+    if replaced:
+        from mmengine.logging import print_log
+        print_log(f'[mmq] {filename} also holds pickled objects ({", ".join(replaced[:4])}'
+                  f'{", ..." if len(replaced) > 4 else ""}): read without running code, they '
+                  'are inert placeholders; its tensors load as they are.', logger='current')
+    return ckpt
+
+
+def read_local_checkpoints_without_code() -> None:
+    """Make mmengine read local checkpoint files with :func:`load_from_local_without_code`
+    (for the rest of the process), so that a Runner given a training checkpoint as
+    ``load_from`` loads its weights instead of failing in ``torch.load(weights_only=True)``,
+    and never unpickles code from it."""
+    from mmengine.runner.checkpoint import CheckpointLoader
+    CheckpointLoader.register_scheme(prefixes='', loader=load_from_local_without_code,
+                                     force=True)
+
+
 def _unreadable(path: str, error: Exception) -> str:
     return (f'checkpoint {path!r} cannot be read as tensors ({type(error).__name__}: '
             f'{str(error)[:200]}): it is empty, corrupt or not a checkpoint.')

@@ -87,3 +87,25 @@ def test_weights_only_copy(tmp_path):
     # Another work dir gets the same bytes (resume checks compare checkpoint sha256s).
     other, _ = weights_only_copy(path, str(tmp_path / 'b'))
     assert file_sha256(other) == file_sha256(copy)
+
+
+def test_mmengine_reads_local_files_without_code_once_asked(tmp_path, monkeypatch):
+    from mmengine.runner.checkpoint import CheckpointLoader, _load_checkpoint
+
+    from mmq.float_checkpoint import read_local_checkpoints_without_code
+    monkeypatch.setattr(CheckpointLoader, '_schemes', dict(CheckpointLoader._schemes))
+    path = str(tmp_path / 'epoch_3.pth')
+    state = _training_checkpoint(path)
+    with pytest.raises(pickle.UnpicklingError):
+        _load_checkpoint(path, map_location='cpu')  # mmengine's own local loader
+    read_local_checkpoints_without_code()  # what QuantCalibrationHook.before_run does
+    ckpt = _load_checkpoint(path, map_location='cpu')
+    for k, v in state.items():
+        assert torch.equal(ckpt['state_dict'][k], v), k
+    marker = tmp_path / 'ran'
+    crafted = str(tmp_path / 'crafted.pth')
+    torch.save(dict(state_dict=dict(w=torch.ones(2)), extra=_Payload(str(marker))), crafted)
+    assert isinstance(_load_checkpoint(crafted)['extra'], Placeholder)
+    assert not marker.exists()
+    with pytest.raises(FileNotFoundError, match='can not be found'):
+        _load_checkpoint(str(tmp_path / 'missing.pth'))

@@ -13,7 +13,8 @@ from mmq.calibration import load_quantized_state
 from mmq.calibration.quantize import prepare
 from mmq.calibration.work_dir import STATE_FILE, calibrate_in_work_dir
 from mmq.config.quant_config import QuantConfig
-from mmq.float_checkpoint import load_checkpoint_without_code
+from mmq.float_checkpoint import (load_checkpoint_without_code,
+                                  read_local_checkpoints_without_code)
 from mmq.registry import HOOKS
 from mmq.utils import file_sha256, seeded_generator
 from mmq.version import __version__
@@ -70,6 +71,12 @@ class QuantCalibrationHook(Hook):
         self.resume = resume
         self.resume_from = resume_from
         self._done = False
+
+    def before_run(self, runner) -> None:
+        # The Runner loads ``load_from`` right after this point, with ``torch.load``, which
+        # (weights_only=True) refuses the checkpoints mmengine's training loop writes: read
+        # them without running code instead (tensors exact, bookkeeping inert).
+        read_local_checkpoints_without_code()
 
     def before_test(self, runner) -> None:
         self._quantize_once(runner)
