@@ -179,6 +179,28 @@ def test_activation_spill_to_disk_gives_identical_results(tmp_path):
     assert list((tmp_path / 'spill').iterdir()) == []  # spilled files are removed
 
 
+def test_sibling_stores_share_one_memory_budget(tmp_path):
+    """The images, a block's inputs and its outputs are open together: the budget bounds
+    them all, not each (else a calibration holds several times its budget)."""
+    from mmq.calibration import ActivationStore
+    store = ActivationStore(budget_bytes=300, spill_dir=str(tmp_path))
+    items = [(torch.randn(4, 8), ) for _ in range(4)]  # 128 bytes each
+    store.append(items[0])
+    store.append(items[1])
+    sibling = store.sibling()
+    sibling.append(items[2])  # 384 > 300 bytes in all: spilled
+    assert (store.memory_bytes, sibling.memory_bytes, sibling.spilled) == (256, 0, 1)
+    store.close()  # its bytes are free again
+    sibling.append(items[3])
+    assert (sibling.memory_bytes, sibling.spilled) == (128, 1)
+    assert [torch.equal(a, b) for (a, ), (b, ) in zip(items[2:], sibling)] == [True, True]
+    sibling.close()
+    fresh = ActivationStore(budget_bytes=300, spill_dir=str(tmp_path))
+    fresh.append(items[0])
+    fresh.sibling().append(items[1])
+    assert fresh.memory_bytes == 128  # another calibration's stores have their own budget
+
+
 def test_activation_store_keeps_cpu_items_off_the_device_tier(tmp_path):
     """CPU items use only the host budget and disk (the device tier is for accelerator items):
     a device budget set does not change where they go or how they come back."""

@@ -1,6 +1,10 @@
 """Per-image block inputs of the calibration set, held for one block at a time: on their
 accelerator up to a device budget, then in host memory up to a byte budget, then spilled to
-disk (``torch.save``). Items come back on the device they were appended from."""
+disk (``torch.save``). Items come back on the device they were appended from.
+
+A store and its siblings (the images, each block's inputs and outputs, reconstruction's
+inputs and targets: every store of one calibration) share one budget per tier, so the
+budget bounds what a calibration keeps in memory in all, however many stores are open."""
 import os
 import shutil
 import tempfile
@@ -45,22 +49,42 @@ def _nbytes(item: Any) -> int:
     return 0
 
 
+class MemoryBudget:
+    """Bytes that a store and its siblings may keep in one tier, together."""
+
+    def __init__(self, limit: Optional[int]) -> None:
+        self.limit = limit  # None: not known yet (the device tier, until its first item)
+        self.used = 0
+
+    def take(self, size: int) -> bool:
+        """Reserve ``size`` bytes if they fit."""
+        if self.limit is None or self.used + size > self.limit:
+            return False
+        self.used += size
+        return True
+
+    def release(self, size: int) -> None:
+        self.used -= size
+
+
 class ActivationStore:
     """An append-only sequence of items (tuples of tensors and plain values).
 
     Args:
-        budget_bytes (int): Bytes kept in host memory; later items go to ``spill_dir``.
+        budget_bytes (int): Bytes kept in host memory by this store and its siblings
+            together (:meth:`sibling`); later items go to ``spill_dir``.
         spill_dir (str, optional): Where spilled items go (a fresh temporary folder by
             default, removed by :meth:`close`).
         device_budget_bytes (int, optional): Bytes of items appended from an accelerator
-            (CUDA) kept there; later ones move to host memory (and disk), and are moved back
-            when read. Default: half of the device's free memory at the first such item.
+            (CUDA) kept there, shared with the siblings likewise; later ones move to host
+            memory (and disk), and are moved back when read. Default: half of the device's
+            free memory at the first such item.
     """
 
     def __init__(self, budget_bytes: int = 2 * 1024**3, spill_dir: Optional[str] = None,
                  device_budget_bytes: Optional[int] = None) -> None:
-        self.budget_bytes = budget_bytes
-        self.device_budget_bytes = device_budget_bytes
+        self._host = MemoryBudget(budget_bytes)
+        self._device = MemoryBudget(device_budget_bytes)
         self._spill_root = spill_dir
         self._dir: Optional[str] = None
         # (on_disk, item or path, device to return it on: None = as stored)
@@ -69,18 +93,26 @@ class ActivationStore:
         self.memory_bytes = 0
         self.disk_bytes = 0
 
+    @property
+    def budget_bytes(self) -> int:
+        return self._host.limit
+
+    @property
+    def device_budget_bytes(self) -> Optional[int]:
+        return self._device.limit
+
     def append(self, item: Tuple) -> None:
         size = _nbytes(item)
         device = _accelerator(item)
         if device is not None:
-            if self.device_budget_bytes is None:
-                self.device_budget_bytes = _default_device_budget(device)
-            if self.device_bytes + size <= self.device_budget_bytes:
+            if self._device.limit is None:
+                self._device.limit = _default_device_budget(device)
+            if self._device.take(size):
                 self._items.append((False, item, None))
                 self.device_bytes += size
                 return
             item = _to(item, torch.device('cpu'))
-        if self.memory_bytes + size <= self.budget_bytes:
+        if self._host.take(size):
             self._items.append((False, item, device))
             self.memory_bytes += size
             return
@@ -94,8 +126,11 @@ class ActivationStore:
         self.disk_bytes += size
 
     def sibling(self) -> 'ActivationStore':
-        """An empty store with the same budgets and spill folder (the next block's inputs)."""
-        return ActivationStore(self.budget_bytes, self._spill_root, self.device_budget_bytes)
+        """An empty store with the same spill folder that shares this store's budgets (the
+        next block's inputs): what the two keep in memory counts against one budget."""
+        store = ActivationStore(0, self._spill_root)
+        store._host, store._device = self._host, self._device
+        return store
 
     def __len__(self) -> int:
         return len(self._items)
@@ -118,6 +153,8 @@ class ActivationStore:
     def close(self) -> None:
         """Drop every item and remove spilled files."""
         self._items.clear()
+        self._host.release(self.memory_bytes)
+        self._device.release(self.device_bytes)
         self.device_bytes = self.memory_bytes = self.disk_bytes = 0
         if self._dir is not None:
             shutil.rmtree(self._dir, ignore_errors=True)

@@ -105,7 +105,8 @@ def quantize(model: nn.Module,
             ``model.data_preprocessor``); otherwise image tensors ``(B, 3, H, W)``.
         quant_cfg: :class:`QuantConfig` or its dict.
         logger: An mmengine ``MMLogger`` (or anything with ``.info``) for progress.
-        activation_budget_bytes: Block inputs kept in memory; the rest spill to disk.
+        activation_budget_bytes: Activations kept in memory, all together (images, block
+            inputs and outputs, reconstruction targets); the rest spill to disk.
         spill_dir: Folder for spilled activations (a temporary one by default).
         on_unit_done: Called with each finished unit's report (``report['stage']`` says which
             stage; MR reports once, as a whole).

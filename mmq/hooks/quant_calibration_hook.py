@@ -37,7 +37,8 @@ class QuantCalibrationHook(Hook):
             evaluation then sees its own calibration images).
         load_state (str, optional): A saved quantized state to load instead of calibrating.
         require_checkpoint (bool): Refuse to calibrate random weights (no ``load_from``).
-        activation_budget_gb (float): Block inputs kept in memory; the rest spill to disk.
+        activation_budget_gb (float): Activations kept in memory, all together (images,
+            block inputs and outputs, reconstruction targets); the rest spill to disk.
         resume (bool): Continue an interrupted run from the partial state saved in the work
             dir after every block and stage (finished blocks and stages are not run again).
         resume_from (str, optional): Start from this saved stage result
