@@ -90,10 +90,12 @@ def test_weights_only_copy(tmp_path):
 
 
 def test_mmengine_reads_local_files_without_code_once_asked(tmp_path, monkeypatch):
-    from mmengine.runner.checkpoint import CheckpointLoader, _load_checkpoint
+    from mmengine.runner.checkpoint import CheckpointLoader, _load_checkpoint, load_from_local
 
     from mmq.float_checkpoint import read_local_checkpoints_without_code
-    monkeypatch.setattr(CheckpointLoader, '_schemes', dict(CheckpointLoader._schemes))
+    # mmengine's own local loader (an earlier test's hook may have replaced it already).
+    monkeypatch.setattr(CheckpointLoader, '_schemes', dict(CheckpointLoader._schemes, **{
+        '': load_from_local}))
     path = str(tmp_path / 'epoch_3.pth')
     state = _training_checkpoint(path)
     with pytest.raises(pickle.UnpicklingError):
