@@ -146,9 +146,9 @@ def load_from_local_without_code(filename: str, map_location=None) -> Any:
     ckpt, replaced = load_checkpoint_without_code(filename, map_location)
     if replaced:
         from mmengine.logging import print_log
-        print_log(f'[mmq] {filename} also holds pickled objects ({", ".join(replaced[:4])}'
-                  f'{", ..." if len(replaced) > 4 else ""}): read without running code, they '
-                  'are inert placeholders; its tensors load as they are.', logger='current')
+        print_log(f'[mmq] {filename} also holds pickled objects ({_names(replaced)}): read '
+                  'without running code, they are inert placeholders; its tensors load as '
+                  'they are.', logger='current')
     return ckpt
 
 
@@ -160,6 +160,11 @@ def read_local_checkpoints_without_code() -> None:
     from mmengine.runner.checkpoint import CheckpointLoader
     CheckpointLoader.register_scheme(prefixes='', loader=load_from_local_without_code,
                                      force=True)
+
+
+def _names(replaced: List[str]) -> str:
+    """The first few placeholder names, for a message."""
+    return ', '.join(replaced[:4]) + (', ...' if len(replaced) > 4 else '')
 
 
 def _unreadable(path: str, error: Exception) -> str:
@@ -221,7 +226,7 @@ def loadable_checkpoint(path: str, work_dir: str) -> str:
     except ValueError as e:
         raise SystemExit(f'[mmq] {e}') from None  # a tool's clear message, no traceback
     if replaced:
-        print(f'[mmq] {path} also holds pickled objects ({", ".join(replaced[:4])}'
-              f'{", ..." if len(replaced) > 4 else ""}), which are not loaded; its tensors '
-              f'were written to {copy} and are loaded from there.', flush=True)
+        print(f'[mmq] {path} also holds pickled objects ({_names(replaced)}), which are not '
+              f'loaded; its tensors were written to {copy} and are loaded from there.',
+              flush=True)
     return copy
