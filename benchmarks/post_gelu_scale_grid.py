@@ -14,9 +14,9 @@ import argparse
 import torch
 
 from dinov2_demo import float_detector, training_images
-from mmq.quantizers import ADALOG_R, GELU_SHIFT, fpcs_log, output_mse
+from mmq.quantizers import GELU_SHIFT, adalog_bases, fpcs_log, output_mse
 from mmq.quantizers.fpcs import LogSchedule
-from mmq.quantizers.log_quant import ADALOG_Q_MAX, ADALOG_Q_MIN, fake_quant_log
+from mmq.quantizers.log_quant import fake_quant_log
 
 
 def main() -> None:
@@ -36,7 +36,8 @@ def main() -> None:
     with torch.no_grad():
         for image in training_images(args.images):
             model.backbone(image)
-    bases = torch.arange(ADALOG_Q_MIN, ADALOG_Q_MAX + 1)
+    r, bases = adalog_bases(args.bits)
+    bases = torch.tensor(bases)
     grids = dict(ratio=LogSchedule(), quantiles=LogSchedule(scale_quantiles=(0.9, 1.0)))
     print(f'W?A{args.bits} post-GELU AdaLog, fc2 output MSE (search rows / held-out rows)')
     totals = {name: [0.0, 0.0] for name in grids}
@@ -48,11 +49,10 @@ def main() -> None:
         line = [f'block {i:2d}: max {float(x.max()):7.2f}']
         for name, schedule in grids.items():
             objective = output_mse(lambda xq: xq @ w.t(), search @ w.t())
-            res = fpcs_log(search, args.bits, bases, ADALOG_R, objective, shift=GELU_SHIFT,
+            res = fpcs_log(search, args.bits, bases, r, objective, shift=GELU_SHIFT,
                            schedule=schedule)
             q, s = int(res.params[0, 0]), float(res.params[0, 1])
-            xq = fake_quant_log(held + GELU_SHIFT, torch.tensor(s), args.bits, q,
-                                ADALOG_R) - GELU_SHIFT
+            xq = fake_quant_log(held + GELU_SHIFT, torch.tensor(s), args.bits, q, r) - GELU_SHIFT
             held_loss = float(((xq - held) @ w.t()).pow(2).mean())
             totals[name][0] += float(res.loss)
             totals[name][1] += held_loss

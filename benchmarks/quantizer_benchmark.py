@@ -1,8 +1,8 @@
 """Quantizer benchmark: uniform (MinMax, percentile, FPCS), log2, log-sqrt2 and AdaLog (FPCS) on
-post-Softmax and post-GELU activations and on synthetic power-law data, at 3, 4 and 6 bits;
-and FPCS against an exhaustive grid (loss ratio, wall-time ratio, same run).
+post-Softmax and post-GELU activations and on synthetic power-law data, at 3, 4, 5, 6 and 8
+bits; and FPCS against an exhaustive grid (loss ratio, wall-time ratio, same run).
 
-    python benchmarks/quantizer_benchmark.py [--out work_dirs/quantizer_benchmark.json]
+    python benchmarks/quantizer_benchmark.py [--out benchmarks/results/quantizer_benchmark.json]
 
 Activations come from one forward of an mmdet ``SwinTransformer`` (Swin-T shape; random
 initialisation until the demo detector exists) on a random 224x320 image: the attention
@@ -183,10 +183,10 @@ def markdown(acc: List[Dict], grid: List[Dict], bits_list) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    parser.add_argument('--bits', type=int, nargs='+', default=[3, 4, 6])
+    parser.add_argument('--bits', type=int, nargs='+', default=[3, 4, 5, 6, 8])
     parser.add_argument('--search-rows', type=int, default=1024,
                         help='rows (tokens / attention maps) each search scores')
-    parser.add_argument('--out', default='work_dirs/quantizer_benchmark.json')
+    parser.add_argument('--out', default='benchmarks/results/quantizer_benchmark.json')
     parser.add_argument('--threads', type=int, default=None)
     args = parser.parse_args()
     if args.threads:

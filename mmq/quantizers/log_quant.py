@@ -1,8 +1,9 @@
 """Logarithmic quantization with base ``2^(q/r)`` as pure tensor functions.
 
-AdaLog uses ``r = 37`` and an integer ``q`` in ``[10, 137]`` (``q = 37`` is base 2); the fixed
-baselines are log2 (``q = r = 1``) and log-sqrt2 (``q = 1, r = 2``). For ``b`` bits and scale
-``s``::
+AdaLog uses ``r = 37`` and an integer ``q`` in ``[10, 137]`` (``q = 37`` is base 2) up to 4
+bits, as published; from 5 bits on mmq searches finer bases too (:func:`adalog_bases`). The
+fixed baselines are log2 (``q = r = 1``) and log-sqrt2 (``q = 1, r = 2``). For ``b`` bits and
+scale ``s``::
 
     x_t = clamp(x / s, 1e-15, 1)
     k   = round(-log2(x_t) * r / q)      # integer code
@@ -26,11 +27,33 @@ from .validation import LOG_BITS, check_bits, check_finite, check_positive
 ADALOG_R = 37
 ADALOG_Q_MIN = 10
 ADALOG_Q_MAX = 137
+# Beyond the published range: the base denominator from 5 bits on (finer bases 2^(1/r)).
+ADALOG_FINE_R = {5: 37, 6: 74, 7: 148, 8: 148}
 # About |min GELU(x)|: the shift that makes post-GELU activations non-negative.
 GELU_SHIFT = 0.16997124
 _TINY = 1e-15
 
 QLike = Union[int, Tensor]
+
+
+def adalog_bases(bits: int) -> Tuple[int, Tuple[int, ...]]:
+    """``(r, q values)`` AdaLog searches at ``bits``.
+
+    Up to 4 bits the published ``r = 37``, ``q`` in ``[10, 137]`` (smallest base
+    ``2^(10/37)``, 1.21). With more bits a base that coarse wastes the extra codes on range
+    the activations do not have (at 6 bits its 63 codes span ``2^17``) and caps the resolution
+    near the top of the range below uniform's, so from 5 bits on the search also offers finer
+    bases: ``q`` from 1 with ``r`` = 37 (5 bits), 74 (6), 148 (7, 8): the smallest base step,
+    ``ln 2 / r`` relative, stays about the mantissa table's resolution ``1 / (2^(b+1) - 2)``.
+    The largest base stays ``2^(137/37)`` and every published base is still offered (``q`` a
+    multiple of ``r / 37``). Any integer ``q`` keeps the integer-table dequantization (a shift
+    ``floor(k q / r)`` and an ``r``-entry mantissa table), which the fake-quant computes exactly.
+    """
+    check_bits(bits, LOG_BITS)
+    if bits <= 4:
+        return ADALOG_R, tuple(range(ADALOG_Q_MIN, ADALOG_Q_MAX + 1))
+    r = ADALOG_FINE_R[bits]
+    return r, tuple(range(1, ADALOG_Q_MAX * r // ADALOG_R + 1))
 
 
 def mantissa_levels(bits: int) -> int:

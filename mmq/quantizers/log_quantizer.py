@@ -6,8 +6,8 @@ from torch import Tensor
 
 from mmq.registry import QUANTIZERS
 from .base_quantizer import BaseQuantizer
-from .log_quant import (ADALOG_Q_MAX, ADALOG_Q_MIN, ADALOG_R, check_base, fake_quant_log,
-                        log_dequantize, log_quantize, log_tables)
+from .log_quant import (ADALOG_R, adalog_bases, check_base, fake_quant_log, log_dequantize,
+                        log_quantize, log_tables)
 from .validation import LOG_BITS, check_positive
 
 DEQUANT_MODES = ('table', 'exact')
@@ -32,6 +32,8 @@ class LogQuantizer(BaseQuantizer):
     """
 
     lazy_buffers = ('scale', )
+    # The ``r`` of states saved before ``r`` was (None: the constructor's ``r``).
+    legacy_r: Optional[int] = None
 
     def __init__(self,
                  bits: int,
@@ -48,15 +50,32 @@ class LogQuantizer(BaseQuantizer):
             raise ValueError(f'dequant={dequant!r} must be one of {DEQUANT_MODES}.')
         if fixed_scale is not None and not fixed_scale > 0:
             raise ValueError(f'fixed_scale={fixed_scale!r} must be > 0.')
-        self.r = r
+        self._r = int(r)
         self.bases = tuple(bases) if bases is not None else (q, )
         check_base(torch.tensor(self.bases), r)
         self.shift = float(shift)
         self.fixed_scale = fixed_scale
         self.dequant = dequant
         self.register_buffer('q', torch.tensor(int(q)))
+        # A buffer, so a saved state keeps the base 2^(q/r) it was calibrated with.
+        self.register_buffer('base_denominator', torch.tensor(int(r)))
         # A buffer, so a saved quantized state remembers that the next bias absorbed -shift.
         self.register_buffer('shift_folded', torch.tensor(bool(shift_folded)))
+
+    @property
+    def r(self) -> int:
+        """The base denominator: the base is ``2^(q/r)``."""
+        return self._r
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        key = prefix + 'base_denominator'
+        if key not in state_dict and prefix + 'q' in state_dict:
+            # Saved before r was: AdaLog had r = 37 at every width then.
+            state_dict[key] = torch.tensor(self.legacy_r or self._r)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        if key in state_dict:
+            check_base(1, int(state_dict[key]))
+            self._r = int(state_dict[key])
 
     def set_params(self, q: int, scale: float) -> None:
         """Set the calibrated base numerator and scale."""
@@ -103,16 +122,20 @@ class LogQuantizer(BaseQuantizer):
 
 @QUANTIZERS.register_module()
 class AdaLogQuantizer(LogQuantizer):
-    """AdaLog: base ``2^(q/37)`` with ``q`` searched in ``[10, 137]`` (``q = 37`` is log2).
+    """AdaLog: base ``2^(q/r)`` with ``q`` searched; up to 4 bits the published ``r = 37``,
+    ``q`` in ``[10, 137]`` (``q = 37`` is log2), finer bases from 5 bits on
+    (:func:`~mmq.quantizers.log_quant.adalog_bases`).
 
     Post-Softmax: ``AdaLogQuantizer(bits, fixed_scale=1.0)``; post-GELU:
     ``AdaLogQuantizer(bits, shift=GELU_SHIFT)``. Other args as :class:`LogQuantizer`.
     """
 
+    legacy_r = ADALOG_R
+
     def __init__(self, bits: int, **kwargs) -> None:
-        kwargs.setdefault('q', ADALOG_R)
-        super().__init__(
-            bits, r=ADALOG_R, bases=tuple(range(ADALOG_Q_MIN, ADALOG_Q_MAX + 1)), **kwargs)
+        r, bases = adalog_bases(bits)
+        kwargs.setdefault('q', r)
+        super().__init__(bits, r=r, bases=bases, **kwargs)
 
 
 @QUANTIZERS.register_module()
