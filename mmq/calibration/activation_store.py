@@ -99,12 +99,18 @@ class ActivationStore:
             (CUDA) kept there, shared with the siblings likewise; later ones move to host
             memory (and disk), and are moved back when read. Default: half of the device's
             free memory at the first such item.
+        shared_with (ActivationStore, optional): Share that store's budgets (both tiers)
+            instead of making new ones from the two budget arguments (see :meth:`sibling`).
     """
 
     def __init__(self, budget_bytes: int = 2 * 1024**3, spill_dir: Optional[str] = None,
-                 device_budget_bytes: Optional[int] = None) -> None:
-        self._host = MemoryBudget(budget_bytes)
-        self._device = MemoryBudget(device_budget_bytes)
+                 device_budget_bytes: Optional[int] = None,
+                 shared_with: Optional['ActivationStore'] = None) -> None:
+        if shared_with is not None:
+            self._host, self._device = shared_with._host, shared_with._device
+        else:
+            self._host = MemoryBudget(budget_bytes)
+            self._device = MemoryBudget(device_budget_bytes)
         self._spill_root = spill_dir
         self._dir: Optional[str] = None
         # (on_disk, item or path, device to return it on: None = as stored)
@@ -148,9 +154,7 @@ class ActivationStore:
     def sibling(self) -> 'ActivationStore':
         """An empty store with the same spill folder that shares this store's budgets (the
         next block's inputs): what the two keep in memory counts against one budget."""
-        store = ActivationStore(0, self._spill_root)
-        store._host, store._device = self._host, self._device
-        return store
+        return ActivationStore(spill_dir=self._spill_root, shared_with=self)
 
     def __len__(self) -> int:
         return len(self._items)
