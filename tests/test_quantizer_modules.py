@@ -145,6 +145,14 @@ def test_adalog_bases_published_up_to_4_bits_finer_beyond():
         # The largest base is the published one and every published base is offered.
         assert q.bases[-1] * 37 == 137 * r
         assert set(q.bases) >= {p * r // 37 for p in range(10, 138)}
+        published = AdaLogQuantizer(bits, base_range='published')
+        assert published.r == 37 and published.bases == tuple(range(10, 138))
+    # The config option reaches the quantizers it builds; a bad value is named.
+    from mmq.config.quant_config import QuantConfig
+    assert QuantConfig(a_bits=6).post_gelu().r == 74
+    assert QuantConfig(a_bits=6, adalog_base_range='published').post_softmax().r == 37
+    with pytest.raises(ValueError, match="adalog_base_range='fine'"):
+        QuantConfig(adalog_base_range='fine')
 
 
 def test_adalog_finer_bases_at_6_bits_reach_uniform():
@@ -162,10 +170,7 @@ def test_adalog_finer_bases_at_6_bits_reach_uniform():
         return float(((quantizer(x) - x) @ w.t()).pow(2).mean())
 
     fine = loss(AdaLogQuantizer(6, shift=GELU_SHIFT))
-    published = AdaLogQuantizer(6, shift=GELU_SHIFT)
-    published.bases = tuple(range(10, 138))
-    published._r = 37
-    coarse = loss(published)
+    coarse = loss(AdaLogQuantizer(6, shift=GELU_SHIFT, base_range='published'))
     uniform = loss(UniformQuantizer(6))
     assert fine < coarse / 3
     assert fine < uniform * 1.25

@@ -96,6 +96,7 @@ def save_quantized_state(model: nn.Module, path: str, qcfg: QuantConfig) -> str:
 def _eval_fields(cfg: dict) -> dict:
     """The fields evaluation depends on (calibration-time settings excluded)."""
     calib_only = {'search_rows', 'search_windows', 'search_queries', 'rounds', 'seed',
+                  'adalog_base_range',
                   'uniform_schedule', 'log_schedule', 'calibrator', 'mr', 'reconstruct',
                   'percentile', 'search_outliers', 'ln_reparam_ranges'}
     return {k: v for k, v in cfg.items() if k not in calib_only}

@@ -5,6 +5,7 @@ from typing import Dict, List, Optional
 
 from mmq.quantizers import GELU_SHIFT, UniformQuantizer
 from mmq.quantizers.fpcs import LogSchedule, UniformSchedule
+from mmq.quantizers.log_quant import ADALOG_BASE_RANGES
 from mmq.registry import CALIBRATORS as CALIBRATOR_REGISTRY
 from mmq.registry import QUANTIZERS
 from mmq.quantizers.validation import UNIFORM_BITS, check_bits
@@ -83,6 +84,10 @@ class QuantConfig:
             rows are scored whole.
         dequant: Log-quantizer dequantization in evaluation: 'table' (integer kernel) or
             'exact'.
+        adalog_base_range: The bases AdaLog searches: 'extended' (default: the published
+            ``2^(q/37)``, ``q`` in [10, 137] up to 4 bits, finer bases from 5 bits on; beyond
+            the published method, see :func:`mmq.quantizers.adalog_bases`) or 'published'
+            (the published range at every width).
         fold_gelu_shift: Fold the post-GELU shift into fc2's bias (bias reparameterization).
         percentile: Upper quantile for the 'percentile' calibrator.
         uniform_schedule: Overrides of the uniform FPCS schedule
@@ -118,6 +123,7 @@ class QuantConfig:
     search_queries: int = 64
     search_outliers: float = 0.0
     dequant: str = 'table'
+    adalog_base_range: str = 'extended'
     fold_gelu_shift: bool = True
     percentile: float = 0.9999
     uniform_schedule: Optional[dict] = None
@@ -151,6 +157,7 @@ class QuantConfig:
         for name, allowed in (('softmax', POWER_LAW_QUANTIZERS), ('gelu', POWER_LAW_QUANTIZERS),
                               ('calibrator', CALIBRATORS), ('scope', SCOPES),
                               ('dequant', ('table', 'exact')),
+                              ('adalog_base_range', ADALOG_BASE_RANGES),
                               ('ln_reparam_ranges', ('minmax', 'search'))):
             if getattr(self, name) not in allowed:
                 raise ValueError(f'quant_cfg.{name}={getattr(self, name)!r} is not one of '
@@ -218,6 +225,8 @@ class QuantConfig:
         args = dict(bits=self.bits_for(role))
         if kind != 'uniform':
             args.update(dequant=self.dequant, **log_kwargs)
+        if kind == 'adalog':
+            args.update(base_range=self.adalog_base_range)
         return _quantizer(QUANTIZER_TYPES[kind], **args)
 
     def post_softmax(self):

@@ -36,7 +36,10 @@ _TINY = 1e-15
 QLike = Union[int, Tensor]
 
 
-def adalog_bases(bits: int) -> Tuple[int, Tuple[int, ...]]:
+ADALOG_BASE_RANGES = ('extended', 'published')
+
+
+def adalog_bases(bits: int, base_range: str = 'extended') -> Tuple[int, Tuple[int, ...]]:
     """``(r, q values)`` AdaLog searches at ``bits``.
 
     Up to 4 bits the published ``r = 37``, ``q`` in ``[10, 137]`` (smallest base
@@ -48,9 +51,12 @@ def adalog_bases(bits: int) -> Tuple[int, Tuple[int, ...]]:
     The largest base stays ``2^(137/37)`` and every published base is still offered (``q`` a
     multiple of ``r / 37``). Any integer ``q`` keeps the integer-table dequantization (a shift
     ``floor(k q / r)`` and an ``r``-entry mantissa table), which the fake-quant computes exactly.
+    ``base_range='published'`` keeps the published range at every width.
     """
     check_bits(bits, LOG_BITS)
-    if bits <= 4:
+    if base_range not in ADALOG_BASE_RANGES:
+        raise ValueError(f'base_range={base_range!r} is not one of {ADALOG_BASE_RANGES}.')
+    if bits <= 4 or base_range == 'published':
         return ADALOG_R, tuple(range(ADALOG_Q_MIN, ADALOG_Q_MAX + 1))
     r = ADALOG_FINE_R[bits]
     return r, tuple(range(1, ADALOG_Q_MAX * r // ADALOG_R + 1))

@@ -127,13 +127,14 @@ class AdaLogQuantizer(LogQuantizer):
     (:func:`~mmq.quantizers.log_quant.adalog_bases`).
 
     Post-Softmax: ``AdaLogQuantizer(bits, fixed_scale=1.0)``; post-GELU:
-    ``AdaLogQuantizer(bits, shift=GELU_SHIFT)``. Other args as :class:`LogQuantizer`.
+    ``AdaLogQuantizer(bits, shift=GELU_SHIFT)``; ``base_range='published'`` keeps the
+    published bases at every width. Other args as :class:`LogQuantizer`.
     """
 
     legacy_r = ADALOG_R
 
-    def __init__(self, bits: int, **kwargs) -> None:
-        r, bases = adalog_bases(bits)
+    def __init__(self, bits: int, base_range: str = 'extended', **kwargs) -> None:
+        r, bases = adalog_bases(bits, base_range)
         kwargs.setdefault('q', r)
         super().__init__(bits, r=r, bases=bases, **kwargs)
 
