@@ -29,14 +29,12 @@ ADALOG_Q_MIN = 10
 ADALOG_Q_MAX = 137
 # Beyond the published range: the base denominator from 5 bits on (finer bases 2^(1/r)).
 ADALOG_FINE_R = {5: 37, 6: 74, 7: 148, 8: 148}
+ADALOG_BASE_RANGES = ('extended', 'published')
 # About |min GELU(x)|: the shift that makes post-GELU activations non-negative.
 GELU_SHIFT = 0.16997124
 _TINY = 1e-15
 
 QLike = Union[int, Tensor]
-
-
-ADALOG_BASE_RANGES = ('extended', 'published')
 
 
 def adalog_bases(bits: int, base_range: str = 'extended') -> Tuple[int, Tuple[int, ...]]:

@@ -50,6 +50,8 @@ class LogQuantizer(BaseQuantizer):
             raise ValueError(f'dequant={dequant!r} must be one of {DEQUANT_MODES}.')
         if fixed_scale is not None and not fixed_scale > 0:
             raise ValueError(f'fixed_scale={fixed_scale!r} must be > 0.')
+        # ``r`` as a Python int (the hot path divides by it; reading the buffer would sync a
+        # GPU on every forward), kept equal to the ``base_denominator`` buffer.
         self._r = int(r)
         self.bases = tuple(bases) if bases is not None else (q, )
         check_base(torch.tensor(self.bases), r)
@@ -72,10 +74,12 @@ class LogQuantizer(BaseQuantizer):
         if key not in state_dict and prefix + 'q' in state_dict:
             # Saved before r was: AdaLog had r = 37 at every width then.
             state_dict[key] = torch.tensor(self.legacy_r or self._r)
+        saved_r = int(state_dict[key]) if key in state_dict else None
+        if saved_r is not None:
+            check_base(1, saved_r)  # a positive integer r, before loading it
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
-        if key in state_dict:
-            check_base(1, int(state_dict[key]))
-            self._r = int(state_dict[key])
+        if saved_r is not None:
+            self._r = saved_r
 
     def set_params(self, q: int, scale: float) -> None:
         """Set the calibrated base numerator and scale."""
