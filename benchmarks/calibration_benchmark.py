@@ -3,7 +3,12 @@ generated shape images at 800x1333, W4A4 AdaLog + FPCS.
 
     python benchmarks/calibration_benchmark.py [--images 32] [--height 800 --width 1333]
         [--budget-gb 2] [--rows 512 --windows 64 --rounds 1] [--reconstruct-iters 10]
-        [--out work_dirs/calib.json]
+        [--out work_dirs/calib.json] [--work-dir work_dirs/calib256]
+
+With ``--work-dir`` the run keeps its partial state there after every unit (as
+``tools/quantize.py`` does) and a rerun with the same arguments continues from it, so a
+multi-hour run (256 images) survives being stopped; the peak RSS printed is then that of the
+last process, and each process logs its own.
 
 Images are read from disk one at a time as mmq asks for them (as a dataloader does), so the
 peak memory is mmq's: block inputs beyond ``--budget-gb`` spill to disk. Prints calibration
@@ -12,6 +17,7 @@ wall time, backbone passes over the calibration set, peak resident memory
 fake-quantized inference time per image (same run, same image).
 """
 import argparse
+import hashlib
 import json
 import os
 import resource
@@ -77,6 +83,27 @@ def time_predict(model, image, reps: int = 2) -> float:
     return min(times)
 
 
+def weights_sha256(model: torch.nn.Module) -> str:
+    """Digest of the (seeded, random) weights, so a resumed run proves it has the same."""
+    digest = hashlib.sha256()
+    for name, t in model.state_dict().items():
+        digest.update(name.encode())
+        digest.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def run_in_work_dir(args, target, data, qcfg: dict, logger, stage_done) -> dict:
+    """:func:`mmq.quantize` with the work dir's resumable files (checked identity)."""
+    from mmq.calibration.work_dir import calibrate_in_work_dir
+    from mmq.config.quant_config import QuantConfig
+    identity = dict(checkpoint_sha256=weights_sha256(target), seed=0,
+                    images=[f'shapes-{args.height}x{args.width}-{i}' for i in range(args.images)],
+                    mmq_version=mmq.__version__)
+    return calibrate_in_work_dir(target, data, QuantConfig.from_dict(qcfg), args.work_dir,
+                                 identity, activation_budget_bytes=int(args.budget_gb * 1024**3),
+                                 logger=logger, on_stage_done=stage_done)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--images', type=int, default=32)
@@ -91,6 +118,8 @@ def main() -> None:
                         '(batch 2, APH on 2 images): the detector is handed dataloader batches, '
                         'as the hook does; for its memory, not a useful schedule')
     parser.add_argument('--out', default='work_dirs/calibration_benchmark.json')
+    parser.add_argument('--work-dir', default=None,
+                        help='keep the partial state here after every unit and resume from it')
     args = parser.parse_args()
     logger = MMLogger.get_instance('mmq-calibration-benchmark')
     torch.manual_seed(0)
@@ -117,9 +146,13 @@ def main() -> None:
                   f'peak RSS so far {peak_rss_gb():.2f} GB', flush=True)
 
         start = time.perf_counter()
-        report = mmq.quantize(target, data, qcfg, logger=logger,
-                              activation_budget_bytes=int(args.budget_gb * 1024**3),
-                              spill_dir=os.path.join(root, 'spill'), on_stage_done=stage_done)
+        if args.work_dir:
+            report = run_in_work_dir(args, target, data, qcfg, logger, stage_done)
+        else:
+            report = mmq.quantize(target, data, qcfg, logger=logger,
+                                  activation_budget_bytes=int(args.budget_gb * 1024**3),
+                                  spill_dir=os.path.join(root, 'spill'),
+                                  on_stage_done=stage_done)
         seconds = time.perf_counter() - start
         rss_after = peak_rss_gb()
         first = read_image(root, 0, args.height, args.width)

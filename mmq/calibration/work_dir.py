@@ -10,7 +10,7 @@ that was made from the same checkpoint, images, seed and mmq version (or refusin
 import os
 import os.path as osp
 import shutil
-from typing import Iterable, Optional
+from typing import Callable, Iterable, Optional
 
 from torch import nn
 
@@ -126,17 +126,26 @@ def calibrate_in_work_dir(model: nn.Module,
                           resume: bool = True,
                           resume_from: Optional[str] = None,
                           activation_budget_bytes: int = 2 * 1024**3,
-                          logger=None) -> dict:
+                          logger=None,
+                          on_stage_done: Optional[Callable[[str, list, dict], None]] = None
+                          ) -> dict:
     """:func:`mmq.quantize` with its files in ``work_dir`` (locked against a second run):
     resumable after a crash, the final state in ``quantized_state.pth``. Returns the report.
+    ``on_stage_done`` is also called after each stage, once its files are saved.
     """
     os.makedirs(work_dir, exist_ok=True)
     with WorkDirLock(work_dir):
         files = WorkDirCheckpointer(work_dir, model, qcfg, identity, logger)
         files.remove_stale_spills()
         partial = files.resume_state(resume, resume_from)
+
+        def stage_done(stage: str, finished: list, stage_report: dict) -> None:
+            files.on_stage_done(stage, finished, stage_report)
+            if on_stage_done is not None:
+                on_stage_done(stage, finished, stage_report)
+
         report = quantize(model, data, qcfg, logger=logger,
                           activation_budget_bytes=activation_budget_bytes,
                           spill_dir=files.spill_dir, on_unit_done=files.on_unit_done,
-                          resume=partial, on_stage_done=files.on_stage_done)
+                          resume=partial, on_stage_done=stage_done)
         return files.finish(report)
