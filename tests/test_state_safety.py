@@ -221,8 +221,15 @@ def test_work_dir_calibration_resumes_without_a_runner(tmp_path, monkeypatch):
         calibrate_in_work_dir(copy.deepcopy(vit), images, qcfg, work,
                               dict(identity, images=['c.jpg', 'd.jpg']))
     resumed = copy.deepcopy(vit)
-    report = calibrate_in_work_dir(resumed, images, qcfg, work, identity)
+    seen = []  # on_stage_done runs once the stage's file is saved
+
+    def stage_done(stage, finished, stage_report):
+        seen.append((stage, finished, os.path.isfile(os.path.join(work, f'stage_{stage}.pth'))))
+
+    report = calibrate_in_work_dir(resumed, images, qcfg, work, identity,
+                                   on_stage_done=stage_done)
     assert report['status'] == 'done' and len(report['units']) == 4
+    assert seen == [('calibrate', ['calibrate'], True)]
     assert not os.path.isfile(os.path.join(work, PARTIAL_FILE))
     for (k, a), (_, b) in zip(full.state_dict().items(), resumed.state_dict().items()):
         assert torch.equal(a, b), k
