@@ -1,11 +1,13 @@
 """Calibration time with and without the fast FPCS scoring paths, in one process.
 
-The fast paths: compiled (torch.compile) candidate fake-quant and error kernels, and Gram
+The fast paths: compiled (torch.compile) candidate fake-quant and error kernels, Gram
 matrix output MSEs for Linear inputs / q of q @ k^T / Linear weights where they cost fewer
-FLOPs. The reference run turns both off (``MMQ_COMPILE=0 MMQ_GRAM=0``).
+FLOPs, and Linear weight candidates scored from exact int8 products on a CPU. The reference
+run turns them all off (``MMQ_COMPILE=0 MMQ_GRAM=0 MMQ_INT=0``); ``--reference no-int``
+turns off only the int8 products, to measure them alone.
 
     python benchmarks/fused_scoring_speed.py [--blocks 2] [--images 8] [--threads 1]
-                                             [--device cuda]
+                                             [--device cuda] [--reference no-int]
 
 A DINOv2 ViT-S/14-shaped ``mmq.TimmViTDet`` (the converted DINOv2 weights when
 ``checkpoints/dinov2/vit_small_patch14_dinov2.pth`` exists, else random weights of the same
@@ -40,6 +42,8 @@ def main() -> None:
     parser.add_argument('--images', type=int, default=8)
     parser.add_argument('--threads', type=int, default=1)
     parser.add_argument('--device', default='cpu')
+    parser.add_argument('--reference', default='eager', choices=['eager', 'no-int'],
+                        help='eager: every fast path off; no-int: only the int8 products off')
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -56,16 +60,19 @@ def main() -> None:
     backbone.to(args.device)
     cfg = dict(w_bits=4, a_bits=4)
     results = {}
+    flags = ['MMQ_INT'] if args.reference == 'no-int' else ['MMQ_COMPILE', 'MMQ_GRAM', 'MMQ_INT']
+    warmup = 0.0
     for mode in ('0', '1'):
-        os.environ['MMQ_COMPILE'] = os.environ['MMQ_GRAM'] = mode
-        if mode == '1':
+        for flag in flags:
+            os.environ[flag] = mode
+        if os.environ.get('MMQ_COMPILE', '1') != '0':
             # Compile once (cached for the rest of the process), timed apart: the same
             # config on one image meets the same kernel variants as the timed run.
             _sync(args.device)
             start = time.perf_counter()
             mmq.quantize(copy.deepcopy(backbone), images[:1], cfg)
             _sync(args.device)
-            warmup = time.perf_counter() - start
+            warmup += time.perf_counter() - start
         _sync(args.device)
         start = time.perf_counter()
         report = mmq.quantize(copy.deepcopy(backbone), images, cfg)
@@ -74,12 +81,14 @@ def main() -> None:
                          {u['unit']: round(u['output_sqnr_db'], 3) for u in
                           report['units']})
     (t_eager, sq_eager), (t_fused, sq_fused) = results['0'], results['1']
-    print(f'eager {t_eager:.1f} s, fast {t_fused:.1f} s, speed-up {t_eager / t_fused:.2f}x '
+    print(f'{args.reference} {t_eager:.1f} s, fast {t_fused:.1f} s, '
+          f'speed-up {t_eager / t_fused:.2f}x '
           f'({args.blocks} blocks, {args.images} images, {args.threads} thread(s), '
-          f'device {args.device}); compile warm-up (one image, not in the fast time) '
+          f'device {args.device}); compile warm-up (one image per compiled run, not timed) '
           f'{warmup:.1f} s')
     for unit in sq_eager:
-        print(f'  {unit}: unit output SQNR eager {sq_eager[unit]}, fast {sq_fused[unit]}')
+        print(f'  {unit}: unit output SQNR {args.reference} {sq_eager[unit]}, '
+              f'fast {sq_fused[unit]}')
 
 
 if __name__ == '__main__':

@@ -24,9 +24,9 @@ from .beam_search import (BeamStep, SearchResult, beam_search, chunk_for, grid_s
                           repeat_each, spread, stack_params)
 from .log_quant import _TINY as LOG_TINY
 from .log_quant import log_levels
-from .fused_scores import (canonical_groups, log_fake_quant, uniform_fake_quant,
+from .fused_scores import (canonical_groups, log_fake_quant, uniform_codes, uniform_fake_quant,
                            uniform_self_mse)
-from .objectives import Objective, SelfMSE, self_mse
+from .objectives import INT_CODE_MAX, IntegerLinearWeightMSE, Objective, SelfMSE, self_mse
 from .uniform import group_rows, quantile_rows
 from .validation import LOG_BITS, UNIFORM_BITS, check_bits, check_finite
 
@@ -92,6 +92,9 @@ def uniform_init_grid(x: Tensor, bits: int, ch_axis: Optional[int], num_ranges: 
 def _uniform_score(x: Tensor, bits: int, ch_axis: Optional[int], objective: Objective):
     fused = (isinstance(objective, SelfMSE) and objective.x is x
              and objective.ch_axis == ch_axis)
+    # Per-output-channel Linear weights against an integer-coded input: exact int8 products.
+    integer = (isinstance(objective, IntegerLinearWeightMSE) and x.dim() == 2
+               and ch_axis in (0, -2) and 2**bits - 1 <= INT_CODE_MAX)
     xc = canonical_groups(x, ch_axis)  # (1, pre, G, post), a view
     qmax = float(2**bits - 1)
 
@@ -101,6 +104,9 @@ def _uniform_score(x: Tensor, bits: int, ch_axis: Optional[int], objective: Obje
         zp = cands[..., 1].t().reshape(k, 1, groups, 1)
         if fused:  # one pass per candidate, no (K, *x.shape) intermediates
             return uniform_self_mse(xc, scale, zp, qmax).t()
+        if integer:
+            codes = uniform_codes(xc, scale, zp, qmax).reshape(k, *x.shape)
+            return objective.score_codes(codes, cands[..., 0].t()).t()
         xq = uniform_fake_quant(xc, scale, zp, qmax).reshape(k, *x.shape)
         return objective(xq).t()
 

@@ -91,6 +91,29 @@ def uniform_fake_quant(x: Tensor, scale: Tensor, zero_point: Tensor, qmax: float
     return _run(uniform_fake_quant_eager, x, scale, zero_point, qmax)
 
 
+def uniform_codes_eager(x: Tensor, scale: Tensor, zero_point: Tensor, qmax: float) -> Tensor:
+    """The signed integer codes ``clamp(round(x / s), -z, qmax - z)`` of ``K`` candidates
+    (what :func:`uniform_fake_quant_eager` multiplies by the scale), as int8: canonical
+    shapes as there; needs ``qmax <= 127``."""
+    return torch.clamp(torch.round(x / scale), -zero_point, qmax - zero_point).to(torch.int8)
+
+
+def uniform_codes(x: Tensor, scale: Tensor, zero_point: Tensor, qmax: float) -> Tensor:
+    """:func:`uniform_codes_eager`, compiled when possible."""
+    return _run(uniform_codes_eager, x, scale, zero_point, qmax)
+
+
+def scaled_products_mse_eager(acc: Tensor, scale: Tensor, ref: Tensor) -> Tensor:
+    """Per row, the mean over the last dim of ``(acc * scale - ref)^2``: integer products
+    ``acc`` ``(K, G, R)`` (int32), ``scale`` ``(K, G, 1)``, ``ref`` ``(1, G, R)``; ``(K, G)``."""
+    return (acc.to(scale.dtype) * scale - ref).pow(2).mean(dim=-1)
+
+
+def scaled_products_mse(acc: Tensor, scale: Tensor, ref: Tensor) -> Tensor:
+    """:func:`scaled_products_mse_eager`, compiled when possible."""
+    return _run(scaled_products_mse_eager, acc, scale, ref)
+
+
 def grouped_mse_eager(out: Tensor, ref: Tensor) -> Tensor:
     """Per candidate and group, the mean of ``(out - ref)^2``: ``out`` canonical
     ``(K, pre, G, post)``, ``ref`` ``(1, pre, G, post)``; returns ``(K, G)``."""

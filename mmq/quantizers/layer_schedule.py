@@ -14,7 +14,8 @@ from torch import Tensor
 
 from .calibrators import FPCSCalibrator
 from .base_quantizer import BaseQuantizer
-from .objectives import InputGramMSE, LinearWeightMSE, Objective, output_mse, self_mse, sqnr_db
+from .objectives import (InputGramMSE, IntegerLinearWeightMSE, LinearWeightMSE, Objective,
+                         output_mse, self_mse, sqnr_db)
 
 
 @dataclass
@@ -58,14 +59,29 @@ def gram_enabled() -> bool:
     return os.environ.get('MMQ_GRAM', '1') != '0'
 
 
+def integer_scoring_enabled(x: Tensor) -> bool:
+    """Whether Linear weight candidates may be scored from exact int8 products (``MMQ_INT``
+    not ``0``, a CPU tensor, and ``torch._int_mm`` available): the same losses up to float
+    rounding, several times faster than float matmuls on a CPU (a GPU keeps float)."""
+    return (os.environ.get('MMQ_INT', '1') != '0' and x.device.type == 'cpu'
+            and hasattr(torch, '_int_mm'))
+
+
 def output_objective(problem: CalibrationProblem, which: str, ref: Tensor) -> Objective:
     """The output-MSE objective for candidates of operand ``which``, the other operand held
-    at its quantized value: through Gram matrices where that costs fewer FLOPs (the left
-    operand of a product with more output columns than inner dims; a Linear weight scored on
-    more rows than inputs), else the direct batched op."""
+    at its quantized value: a Linear weight against a uniformly quantized input from exact
+    integer products (:class:`IntegerLinearWeightMSE`, on a CPU); else through Gram
+    matrices where that costs fewer FLOPs (the left operand of a product with more output
+    columns than inner dims; a Linear weight scored on more rows than inputs), else the
+    direct batched op."""
     gram = gram_enabled()
     if which == 'b':
         other = problem.quantized('a')
+        if (problem.linear and problem.b.dim() == 2 and integer_scoring_enabled(other)
+                and problem.qa is not None and bool(problem.qa.calibrated)):
+            objective = IntegerLinearWeightMSE.from_quantized(other, problem.qa.scale, ref)
+            if objective is not None:
+                return objective
         if gram and problem.linear and problem.a.shape[0] > problem.a.shape[1]:
             return LinearWeightMSE(problem.a, other, problem.b)
         return output_mse(lambda xq: problem.op(other, xq), ref, problem.out_axis_b)
