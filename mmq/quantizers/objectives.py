@@ -139,8 +139,7 @@ class IntegerLinearWeightMSE:
     """
 
     def __init__(self, codes: Tensor, a_scale: float, ref: Tensor) -> None:
-        self.codes = codes.to(torch.int8)  # (rows, in)
-        self.codes_t = self.codes.t().contiguous()  # (in, rows)
+        self.codes_t = codes.to(torch.int8).t().contiguous()  # (in, rows)
         self.a_scale = a_scale
         self.a_q = codes.to(ref.dtype) * a_scale
         self.ref = ref
