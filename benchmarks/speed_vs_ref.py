@@ -28,6 +28,18 @@ ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 STOCK = 'mmdet::swin/mask-rcnn_swin-t-p4-w7_fpn_1x_coco.py'
 
 
+def _this_tree_build_detector():
+    """``build_detector`` of this tree's ``mmq/config/detector_config.py``, loaded from its
+    file: importing it as ``mmq.config...`` in the ref's process would mix this tree's
+    ``mmq.config`` package with the ref's other modules (the ref may not have one)."""
+    import importlib.util
+    path = osp.join(ROOT, 'mmq', 'config', 'detector_config.py')
+    spec = importlib.util.spec_from_file_location('_mmq_bench_detector_config', path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.build_detector
+
+
 def child(args: argparse.Namespace) -> None:
     """One side: load the shared weights and images, calibrate, write the report."""
     import time
@@ -35,7 +47,7 @@ def child(args: argparse.Namespace) -> None:
     import torch
 
     import mmq
-    from mmq.config.detector_config import build_detector
+    build_detector = _this_tree_build_detector()
     torch.set_num_threads(args.threads)
     model = build_detector(args.config)
     model.load_state_dict(torch.load(osp.join(args.data, 'model.pth'), weights_only=True))
