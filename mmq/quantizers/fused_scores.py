@@ -55,7 +55,12 @@ def uniform_fake_quant_eager(x: Tensor, scale: Tensor, zero_point: Tensor,
                              qmax: float) -> Tensor:
     """The no-autograd uniform fake-quant of ``K`` candidates (canonical shapes as
     :func:`uniform_self_mse_eager`): ``(K, pre, G, post)``."""
-    return torch.clamp(torch.round(x / scale), -zero_point, qmax - zero_point) * scale
+    return _signed_codes(x, scale, zero_point, qmax) * scale
+
+
+def _signed_codes(x: Tensor, scale: Tensor, zero_point: Tensor, qmax: float) -> Tensor:
+    """``clamp(round(x / s), -z, qmax - z)``, the codes both uniform kernels start from."""
+    return torch.clamp(torch.round(x / scale), -zero_point, qmax - zero_point)
 
 
 # Graphs each kernel may hold. Dynamic shapes still specialise sizes 0 / 1, views and a few
@@ -95,7 +100,7 @@ def uniform_codes_eager(x: Tensor, scale: Tensor, zero_point: Tensor, qmax: floa
     """The signed integer codes ``clamp(round(x / s), -z, qmax - z)`` of ``K`` candidates
     (what :func:`uniform_fake_quant_eager` multiplies by the scale), as int8: canonical
     shapes as there; needs ``qmax <= 127``."""
-    return torch.clamp(torch.round(x / scale), -zero_point, qmax - zero_point).to(torch.int8)
+    return _signed_codes(x, scale, zero_point, qmax).to(torch.int8)
 
 
 def uniform_codes(x: Tensor, scale: Tensor, zero_point: Tensor, qmax: float) -> Tensor:

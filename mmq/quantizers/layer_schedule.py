@@ -14,8 +14,8 @@ from torch import Tensor
 
 from .calibrators import FPCSCalibrator
 from .base_quantizer import BaseQuantizer
-from .objectives import (InputGramMSE, IntegerLinearWeightMSE, LinearWeightMSE, Objective,
-                         output_mse, self_mse, sqnr_db)
+from .objectives import (INT_CODE_MAX, InputGramMSE, IntegerLinearWeightMSE, LinearWeightMSE,
+                         Objective, output_mse, self_mse, sqnr_db)
 
 
 @dataclass
@@ -78,7 +78,8 @@ def output_objective(problem: CalibrationProblem, which: str, ref: Tensor) -> Ob
     if which == 'b':
         other = problem.quantized('a')
         if (problem.linear and problem.b.dim() == 2 and integer_scoring_enabled(other)
-                and problem.qa is not None and bool(problem.qa.calibrated)):
+                and problem.qa is not None and bool(problem.qa.calibrated)
+                and problem.qb is not None and 2**problem.qb.bits - 1 <= INT_CODE_MAX):
             objective = IntegerLinearWeightMSE.from_quantized(other, problem.qa.scale, ref)
             if objective is not None:
                 return objective

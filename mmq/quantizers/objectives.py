@@ -138,12 +138,11 @@ class IntegerLinearWeightMSE:
     times faster on a CPU than the float matmul.
     """
 
-    def __init__(self, codes: Tensor, a_scale: float, ref: Tensor) -> None:
+    def __init__(self, a_q: Tensor, codes: Tensor, a_scale: float, ref: Tensor) -> None:
         self.codes_t = codes.to(torch.int8).t().contiguous()  # (in, rows)
         self.a_scale = a_scale
-        self.a_q = codes.to(ref.dtype) * a_scale
-        self.ref = ref
         self.ref_t = ref.t().contiguous().unsqueeze(0)  # (1, out, rows)
+        self._float = output_mse(lambda wq: torch.matmul(a_q, wq.transpose(-1, -2)), ref, -1)
 
     @classmethod
     def from_quantized(cls, a_q: Tensor, scale: Tensor,
@@ -156,11 +155,10 @@ class IntegerLinearWeightMSE:
         codes = torch.round(a_q / s)
         if codes.abs().max() > INT_CODE_MAX or not torch.equal(codes * s, a_q):
             return None
-        return cls(codes, s, ref)
+        return cls(a_q, codes, s, ref)
 
     def __call__(self, wq: Tensor) -> Tensor:
-        out = torch.matmul(self.a_q, wq.transpose(-1, -2))  # (K, rows, out)
-        return grouped_mse(canonical_groups(out, 1, leading=1), canonical_groups(self.ref, 1))
+        return self._float(wq)
 
     def score_codes(self, codes: Tensor, w_scale: Tensor) -> Tensor:
         """Losses ``(K, out)`` of candidates with int8 codes ``(K, out, in)`` and scales
