@@ -15,7 +15,7 @@ quantized chain's block inputs, the float chain's block inputs and the float blo
 """
 import math
 import time
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -44,17 +44,26 @@ def _beta(it: int, opts: ReconstructOptions) -> float:
     return opts.beta[1] + (opts.beta[0] - opts.beta[1]) * (1 - frac)
 
 
-def _stack(states: List[tuple]) -> List[tuple]:
-    """Group states of equal shapes and concatenate each group along the batch axis."""
+def _stack(states: List[tuple], pass_elements: Optional[int] = None) -> List[tuple]:
+    """Group states of equal shapes and concatenate each group along the batch axis; a group
+    whose first tensors hold more than ``pass_elements`` elements in all is split into
+    consecutive passes of at most that many (at least one state each)."""
     groups: Dict[tuple, List[tuple]] = {}
     for s in states:
         groups.setdefault(tuple(first_tensor(s).shape[1:]), []).append(s)
-    out = []
+    passes = []
     for group in groups.values():
-        out.append(tuple(
-            torch.cat([g[i] for g in group]) if torch.is_tensor(x) else x
-            for i, x in enumerate(group[0])))
-    return out
+        current, size = [], 0
+        for s in group:
+            n = first_tensor(s).numel()
+            if current and pass_elements is not None and size + n > pass_elements:
+                passes.append(current)
+                current, size = [], 0
+            current.append(s)
+            size += n
+        passes.append(current)
+    return [tuple(torch.cat([g[i] for g in group]) if torch.is_tensor(x) else x
+                  for i, x in enumerate(group[0])) for group in passes]
 
 
 class _QDrop:
@@ -200,15 +209,16 @@ def reconstruct_unit(unit: Unit, q_store: ActivationStore, fp_store: ActivationS
                 n_state = len(q_store[idx[0]])
                 beta = _beta(it, opts)
                 optimizer.zero_grad(set_to_none=True)
-                total = 0.0
-                for group in _stack(inputs):
+                # One backward per pass (gradients accumulate), so only one pass's graph is
+                # alive at a time.
+                for group in _stack(inputs, opts.pass_elements):
                     state, targets = group[:n_state], group[n_state:]
                     loss = _output_loss(unit.run(state), targets, h)
-                    total = total + loss * targets[0].shape[0] / len(idx)
+                    (loss * (targets[0].shape[0] / len(idx))).backward()
+                    del loss
                 if beta > 0:
                     reg = sum(r.regulariser(beta) for _, _, r in rounders.values())
-                    total = total + opts.round_weight * reg
-                total.backward()
+                    (opts.round_weight * reg).backward()
                 optimizer.step()
                 schedule.step()
                 with torch.no_grad():

@@ -81,10 +81,11 @@ def reconstruct_units(model: nn.Module, units: List[Unit], images: ActivationSto
                             f"{report['seconds']:.1f} s{note}")
             if on_unit_done is not None:
                 on_unit_done(report)
+        if fp_store is not images:
+            fp_store.close()  # before the quantized outputs: one store less on disk at a time
         q_out = chain_outputs(unit, q_store, quant=True)
-        for s in (q_store, fp_store):
-            if s is not images:
-                s.close()
+        if q_store is not images:
+            q_store.close()
         q_store, fp_store = q_out, fp_out
     for s in (q_store, fp_store):
         if s is not images:
