@@ -39,8 +39,8 @@ def main() -> None:
     batch = pseudo_collate([dataset[i] for i in range(args.images)])
     with torch.no_grad():
         images = detector.data_preprocessor(batch, False)['inputs']
-    print('| search_queries | ' + ' | '.join(f'unit {i}: s, output SQNR dB'
-                                              for i in range(1 + args.blocks)) + ' |')
+    columns = [f'unit {i}: s, output SQNR dB' for i in range(1 + args.blocks)]
+    print('| search_queries | ' + ' | '.join(columns) + ' |')
     print('|---|' + '---|' * (1 + args.blocks))
     for queries in args.queries:
         _, sqnr, seconds = run(detector.backbone, list(images.split(1)),

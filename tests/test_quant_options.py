@@ -135,8 +135,8 @@ def test_proj_reparam_keeps_the_float_function_and_lowers_the_error_of_spread_ch
     with torch.no_grad():
         for block in spread.blocks:
             c = block.attn.proj.in_features
-            f = torch.logspace(-1.3, 1.3, c)[torch.randperm(c, generator=torch.Generator()
-                                                               .manual_seed(1))]
+            perm = torch.randperm(c, generator=torch.Generator().manual_seed(1))
+            f = torch.logspace(-1.3, 1.3, c)[perm]
             block.attn.qkv.weight[2 * c:] *= f.unsqueeze(1)
             block.attn.qkv.bias[2 * c:] *= f
             block.attn.proj.weight /= f

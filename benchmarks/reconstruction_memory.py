@@ -1,0 +1,114 @@
+"""Peak memory of one block reconstruction step on a full-size detector, with the step's
+batch in one forward / backward pass or split into passes (``reconstruct.pass_elements``).
+
+    python benchmarks/reconstruction_memory.py [--images 2] [--height 800 --width 1333]
+        [--unit 1] [--iters 2] [--threads 2]
+
+The stock Swin-T Mask R-CNN backbone (seeded random weights), W4A4 with AdaLog post-Softmax /
+post-GELU quantizers calibrated by MinMax on one image (fast; the quantizer modules, and so
+the memory, are those of an FPCS run), unit ``--unit`` (1: the first stage-0 block, the
+largest activations) reconstructed for ``--iters`` steps on a batch of ``--images`` image
+states. Each setting runs in its own process; each prints the rise of its peak resident
+memory (VmHWM) over the resident memory just before the reconstruction, and the seconds per
+step.
+"""
+import argparse
+import json
+import os.path as osp
+import subprocess
+import sys
+import time
+
+ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+STOCK = 'mmdet::swin/mask-rcnn_swin-t-p4-w7_fpn_1x_coco.py'
+
+
+def _status_gb(field: str) -> float:
+    with open('/proc/self/status') as f:
+        for line in f:
+            if line.startswith(field):
+                return int(line.split()[1]) / 1024**2
+    raise RuntimeError(f'{field} not in /proc/self/status (this benchmark needs Linux)')
+
+
+def child(args: argparse.Namespace) -> None:
+    import torch
+
+    import mmq
+    from mmq.calibration.activation_store import ActivationStore
+    from mmq.calibration.block_reconstruction import _stack, reconstruct_unit
+    from mmq.calibration.units import build_units
+    from mmq.config.aphq_options import ReconstructOptions
+    from mmq.config.detector_config import build_detector
+    from mmq.models import set_quant_enabled
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    backbone = build_detector(STOCK).backbone
+    backbone.eval()
+    g = torch.Generator().manual_seed(0)
+    pad_h, pad_w = -(-args.height // 32) * 32, -(-args.width // 32) * 32
+    images = [torch.randn(1, 3, pad_h, pad_w, generator=g) for _ in range(args.images)]
+    mmq.quantize(backbone, images[:1], dict(w_bits=4, a_bits=4, calibrator='minmax'))
+    units = build_units(backbone)
+    unit = units[args.unit]
+    q_store, out_store = ActivationStore(8 * 1024**3), ActivationStore(8 * 1024**3)
+    with torch.no_grad():
+        set_quant_enabled(backbone, False)
+        for img in images:
+            state = (img, )
+            for u in units[:args.unit]:
+                state = u.run(state)
+            q_store.append(state)
+            out = unit.run(state)
+            out_store.append(out if isinstance(out, tuple) else (out, ))
+        set_quant_enabled(backbone, True)
+    pass_elements = None if args.pass_elements == 'none' else int(args.pass_elements)
+    opts = ReconstructOptions(iters=args.iters, batch=args.images, pass_elements=pass_elements)
+    with open('/proc/self/clear_refs', 'w') as f:
+        f.write('5')  # reset VmHWM to the current resident memory
+    before = _status_gb('VmRSS')
+    start = time.perf_counter()
+    reconstruct_unit(unit, q_store, q_store, out_store, None, opts,
+                     torch.Generator().manual_seed(0))
+    seconds = time.perf_counter() - start
+    passes = len(_stack([q_store[i] for i in range(len(q_store))], pass_elements))
+    print(json.dumps(dict(unit=unit.name, pass_elements=args.pass_elements,
+                          input_elements_per_image=q_store[0][0].numel(),
+                          passes_per_step=passes,
+                          peak_rise_gb=_status_gb('VmHWM') - before, rss_before_gb=before,
+                          seconds=seconds)))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('--images', type=int, default=2)
+    parser.add_argument('--height', type=int, default=800)
+    parser.add_argument('--width', type=int, default=1333)
+    parser.add_argument('--unit', type=int, default=1)
+    parser.add_argument('--iters', type=int, default=2)
+    parser.add_argument('--threads', type=int, default=2)
+    parser.add_argument('--pass-elements', default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.pass_elements is not None:
+        child(args)
+        return
+    from mmq.config.aphq_options import ReconstructOptions
+    rows = []
+    for setting in ('none', str(ReconstructOptions.pass_elements)):
+        cmd = [sys.executable, __file__, '--pass-elements', setting] + [
+            f'--{k}={getattr(args, k)}' for k in ('images', 'height', 'width', 'unit', 'iters',
+                                                  'threads')]
+        out = subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=ROOT).stdout
+        rows.append(json.loads(out.strip().splitlines()[-1]))
+        print(json.dumps(rows[-1]), flush=True)
+    print(f'\n{args.images} images of {args.height}x{args.width}, unit {rows[0]["unit"]} '
+          f'({rows[0]["input_elements_per_image"]} input elements per image), {args.iters} steps')
+    print('| pass_elements | passes per step | peak RSS rise | s per step |')
+    print('|---|---|---|---|')
+    for r in rows:
+        print(f"| {r['pass_elements']} | {r['passes_per_step']} | {r['peak_rise_gb']:.2f} GB | "
+              f"{r['seconds'] / args.iters:.1f} |")
+
+
+if __name__ == '__main__':
+    main()
