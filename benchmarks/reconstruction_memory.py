@@ -1,5 +1,5 @@
 """Peak memory of one block reconstruction step on a full-size detector, with the step's
-batch in one forward / backward pass or split into passes (``reconstruct.pass_elements``).
+batch in one forward / backward pass or split into passes (``reconstruct.pass_bytes``).
 
     python benchmarks/reconstruction_memory.py [--images 2] [--height 800 --width 1333]
         [--unit 1] [--iters 2] [--threads 2]
@@ -10,7 +10,8 @@ the memory, are those of an FPCS run), unit ``--unit`` (1: the first stage-0 blo
 largest activations) reconstructed for ``--iters`` steps on a batch of ``--images`` image
 states. Each setting runs in its own process; each prints the rise of its peak resident
 memory (VmHWM) over the resident memory just before the reconstruction, and the seconds per
-step.
+step, and the passes the planner chose (items per pass and the bytes one item keeps for
+backward, by input shape).
 """
 import argparse
 import json
@@ -36,7 +37,7 @@ def child(args: argparse.Namespace) -> None:
 
     import mmq
     from mmq.calibration.activation_store import ActivationStore
-    from mmq.calibration.block_reconstruction import _stack, reconstruct_unit
+    from mmq.calibration.block_reconstruction import reconstruct_unit
     from mmq.calibration.units import build_units
     from mmq.config.aphq_options import ReconstructOptions
     from mmq.config.detector_config import build_detector
@@ -62,19 +63,18 @@ def child(args: argparse.Namespace) -> None:
             out = unit.run(state)
             out_store.append(out if isinstance(out, tuple) else (out, ))
         set_quant_enabled(backbone, True)
-    pass_elements = None if args.pass_elements == 'none' else int(args.pass_elements)
-    opts = ReconstructOptions(iters=args.iters, batch=args.images, pass_elements=pass_elements)
+    pass_bytes = None if args.pass_bytes == 'none' else int(args.pass_bytes)
+    opts = ReconstructOptions(iters=args.iters, batch=args.images, pass_bytes=pass_bytes)
     with open('/proc/self/clear_refs', 'w') as f:
         f.write('5')  # reset VmHWM to the current resident memory
     before = _status_gb('VmRSS')
     start = time.perf_counter()
-    reconstruct_unit(unit, q_store, q_store, out_store, None, opts,
-                     torch.Generator().manual_seed(0))
+    report = reconstruct_unit(unit, q_store, q_store, out_store, None, opts,
+                              torch.Generator().manual_seed(0))
     seconds = time.perf_counter() - start
-    passes = len(_stack([q_store[i] for i in range(len(q_store))], pass_elements))
-    print(json.dumps(dict(unit=unit.name, pass_elements=args.pass_elements,
-                          input_elements_per_image=q_store[0][0].numel(),
-                          passes_per_step=passes,
+    print(json.dumps(dict(unit=unit.name, pass_bytes=args.pass_bytes,
+                          items_per_pass=report['items_per_pass'] or 'all',
+                          backward_bytes_per_item=report['backward_bytes_per_item'],
                           peak_rise_gb=_status_gb('VmHWM') - before, rss_before_gb=before,
                           seconds=seconds)))
 
@@ -87,26 +87,26 @@ def main() -> None:
     parser.add_argument('--unit', type=int, default=1)
     parser.add_argument('--iters', type=int, default=2)
     parser.add_argument('--threads', type=int, default=2)
-    parser.add_argument('--pass-elements', default=None, help=argparse.SUPPRESS)
+    parser.add_argument('--pass-bytes', default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.pass_elements is not None:
+    if args.pass_bytes is not None:
         child(args)
         return
     from mmq.config.aphq_options import ReconstructOptions
     rows = []
-    for setting in ('none', str(ReconstructOptions.pass_elements)):
-        cmd = [sys.executable, __file__, '--pass-elements', setting] + [
+    for setting in ('none', str(ReconstructOptions.pass_bytes)):
+        cmd = [sys.executable, __file__, '--pass-bytes', setting] + [
             f'--{k}={getattr(args, k)}' for k in ('images', 'height', 'width', 'unit', 'iters',
                                                   'threads')]
         out = subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=ROOT).stdout
         rows.append(json.loads(out.strip().splitlines()[-1]))
         print(json.dumps(rows[-1]), flush=True)
-    print(f'\n{args.images} images of {args.height}x{args.width}, unit {rows[0]["unit"]} '
-          f'({rows[0]["input_elements_per_image"]} input elements per image), {args.iters} steps')
-    print('| pass_elements | passes per step | peak RSS rise | s per step |')
+    print(f'\n{args.images} images of {args.height}x{args.width}, unit {rows[0]["unit"]}, '
+          f'{args.iters} steps')
+    print('| pass_bytes | items per pass | peak RSS rise | s per step |')
     print('|---|---|---|---|')
     for r in rows:
-        print(f"| {r['pass_elements']} | {r['passes_per_step']} | {r['peak_rise_gb']:.2f} GB | "
+        print(f"| {r['pass_bytes']} | {r['items_per_pass']} | {r['peak_rise_gb']:.2f} GB | "
               f"{r['seconds'] / args.iters:.1f} |")
 
 

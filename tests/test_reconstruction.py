@@ -173,18 +173,18 @@ def test_learn_log_scales_trains_the_post_gelu_adalog_scale(calibrated_vit):
 def test_passes_split_a_step_without_changing_the_reconstruction(calibrated_vit):
     """A step's batch split into one-image passes (gradients accumulated) learns what one
     pass over the whole batch learns, up to float summation order (the learned scales within
-    1e-3 relative, the rounding identical); ``_stack`` splits at the element budget and never
-    leaves a pass empty."""
-    from mmq.calibration.block_reconstruction import _stack
+    1e-3 relative, the rounding identical); the planner measures a shape's first one-item
+    pass and then packs as many items per pass as its byte budget holds."""
+    from mmq.calibration.block_reconstruction import PassPlanner
     vit, model, images = calibrated_vit
     states = [(torch.zeros(1, 5, 4), 'hw') for _ in range(3)] + [(torch.zeros(1, 6, 4), 'hw')]
-    assert [p[0].shape[0] for p in _stack(states, 40)] == [2, 1, 1]
-    assert [p[0].shape[0] for p in _stack(states, 1)] == [1, 1, 1, 1]
-    assert [p[0].shape[0] for p in _stack(states, None)] == [3, 1]
+    assert [p[0].shape[0] for _, p in PassPlanner(None).passes(states)] == [3, 1]
+    planner = PassPlanner(1)
+    assert [p[0].shape[0] for _, p in planner.passes(states)] == [1, 1, 1, 1]
 
     x = [vit.norm_pre(vit._pos_embed(vit.patch_embed(im))) for im in images]
     results = []
-    for pass_elements in (None, x[0][:1].numel()):
+    for pass_bytes in (None, 1):
         q = copy.deepcopy(model)
         unit = build_units(q)[1]
         q_store, out_store = ActivationStore(2**30), ActivationStore(2**30)
@@ -195,12 +195,32 @@ def test_passes_split_a_step_without_changing_the_reconstruction(calibrated_vit)
                     out_store.append((vit.blocks[0](xi[k:k + 1]), ))
         # No QDrop: both runs then draw the same random numbers.
         opts = ReconstructOptions(iters=100, batch=4, warmup=0.5, drop_prob=0.0, lr=1e-3,
-                                  round_lr=0.01, pass_elements=pass_elements)
+                                  round_lr=0.01, pass_bytes=pass_bytes)
         report = reconstruct_unit(unit, q_store, q_store, out_store, None, opts,
                                   torch.Generator().manual_seed(0))
         results.append((report, {k: v.clone() for k, v in unit.module.state_dict().items()}))
     (whole, whole_state), (split, split_state) = results
+    key = str(list(x[0].shape[1:]))
+    assert whole['items_per_pass'] == {} and split['items_per_pass'] == {key: 1}
     assert not whole['reverted'] and whole['loss_trained'] < whole['loss_before']  # it trained
     assert split['loss_trained'] == pytest.approx(whole['loss_trained'], rel=1e-5)
     for k, v in whole_state.items():
         torch.testing.assert_close(split_state[k], v, rtol=1e-3, atol=1e-7, msg=k)
+
+    # A budget of 2.5 one-item passes: the first pass measures, the next ones take two.
+    unit = build_units(copy.deepcopy(model))[1]
+
+    def pass_sizes(planner: PassPlanner) -> list:
+        sizes = []
+        with torch.enable_grad():
+            for shape, (state, ) in planner.passes([q_store[i] for i in range(4)]):
+                sizes.append(state.shape[0])
+                with planner.recording(shape):
+                    unit.run((state, ))[0].sum()
+        return sizes
+
+    probe = PassPlanner(1)
+    assert pass_sizes(probe) == [1, 1, 1, 1]
+    per_item = probe.measured[tuple(x[0].shape[1:])]
+    assert per_item > 0 and split['backward_bytes_per_item'][key] > 0
+    assert pass_sizes(PassPlanner(int(2.5 * per_item))) == [1, 2, 1]

@@ -15,7 +15,8 @@ quantized chain's block inputs, the float chain's block inputs and the float blo
 """
 import math
 import time
-from typing import Dict, List, Optional, Sequence
+from contextlib import contextmanager
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -44,26 +45,58 @@ def _beta(it: int, opts: ReconstructOptions) -> float:
     return opts.beta[1] + (opts.beta[0] - opts.beta[1]) * (1 - frac)
 
 
-def _stack(states: List[tuple], pass_elements: Optional[int] = None) -> List[tuple]:
-    """Group states of equal shapes and concatenate each group along the batch axis; a group
-    whose first tensors hold more than ``pass_elements`` elements in all is split into
-    consecutive passes of at most that many (at least one state each)."""
-    groups: Dict[tuple, List[tuple]] = {}
-    for s in states:
-        groups.setdefault(tuple(first_tensor(s).shape[1:]), []).append(s)
-    passes = []
-    for group in groups.values():
-        current, size = [], 0
-        for s in group:
-            n = first_tensor(s).numel()
-            if current and pass_elements is not None and size + n > pass_elements:
-                passes.append(current)
-                current, size = [], 0
-            current.append(s)
-            size += n
-        passes.append(current)
-    return [tuple(torch.cat([g[i] for g in group]) if torch.is_tensor(x) else x
-                  for i, x in enumerate(group[0])) for group in passes]
+def _cat(states: List[tuple]) -> tuple:
+    """States of equal shapes concatenated along the batch axis."""
+    return tuple(torch.cat([g[i] for g in states]) if torch.is_tensor(x) else x
+                 for i, x in enumerate(states[0]))
+
+
+class PassPlanner:
+    """Splits a step's items into forward / backward passes whose tensors kept for backward
+    stay within ``budget`` bytes (``None``: one pass per input shape).
+
+    Items of one input shape share a pass (they concatenate). The first pass of a shape runs
+    one item and measures what autograd keeps (each storage counted once); later passes of
+    that shape take ``budget // measured`` items (at least one). Attention that is quadratic
+    in the tokens (global ViT blocks at detection sizes) is measured, not estimated.
+    """
+
+    def __init__(self, budget: Optional[int]) -> None:
+        self.budget = budget
+        self.items: Dict[tuple, int] = {}  # items per pass, by input shape
+        self.measured: Dict[tuple, int] = {}  # bytes kept for backward by one item
+
+    def passes(self, states: List[tuple]) -> Iterator[Tuple[tuple, tuple]]:
+        """``(shape, concatenated states)`` of each pass, in order."""
+        groups: Dict[tuple, List[tuple]] = {}
+        for s in states:
+            groups.setdefault(tuple(first_tensor(s).shape[1:]), []).append(s)
+        for shape, group in groups.items():
+            k = 0
+            while k < len(group):
+                size = len(group) if self.budget is None else self.items.get(shape, 1)
+                yield shape, _cat(group[k:k + size])
+                k += size
+
+    @contextmanager
+    def recording(self, shape: tuple):
+        """Around a pass's forward: measures it if it is its shape's first."""
+        if self.budget is None or shape in self.items:
+            yield
+            return
+        seen, total = set(), [0]
+
+        def pack(t: Tensor) -> Tensor:
+            storage = t.untyped_storage()
+            if storage.data_ptr() not in seen:
+                seen.add(storage.data_ptr())
+                total[0] += storage.nbytes()
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            yield
+        self.measured[shape] = total[0]
+        self.items[shape] = max(1, self.budget // max(1, total[0]))
 
 
 class _QDrop:
@@ -194,6 +227,7 @@ def reconstruct_unit(unit: Unit, q_store: ActivationStore, fp_store: ActivationS
         optimizer, [lambda it: 1.0, lambda it: 0.5 * (1 + math.cos(math.pi * it / opts.iters))]
         [:len(param_groups)])
     n = len(q_store)
+    planner = PassPlanner(opts.pass_bytes)
     try:
         with torch.enable_grad(), _QDrop(act_qs, opts.drop_prob, generator):
             for it in range(opts.iters):
@@ -211,9 +245,10 @@ def reconstruct_unit(unit: Unit, q_store: ActivationStore, fp_store: ActivationS
                 optimizer.zero_grad(set_to_none=True)
                 # One backward per pass (gradients accumulate), so only one pass's graph is
                 # alive at a time.
-                for group in _stack(inputs, opts.pass_elements):
+                for shape, group in planner.passes(inputs):
                     state, targets = group[:n_state], group[n_state:]
-                    loss = _output_loss(unit.run(state), targets, h)
+                    with planner.recording(shape):
+                        loss = _output_loss(unit.run(state), targets, h)
                     (loss * (targets[0].shape[0] / len(idx))).backward()
                     del loss
                 if beta > 0:
@@ -248,4 +283,7 @@ def reconstruct_unit(unit: Unit, q_store: ActivationStore, fp_store: ActivationS
                 hardening_change=after - soft, reverted=not kept, layers=len(layers),
                 learned_scales=len(scales),
                 rounding_settled=sum(k for k, _ in settled) / max(1, total_vars),
-                rounding_variables=total_vars)
+                rounding_variables=total_vars,
+                # Per input shape: items per pass, and bytes kept for backward by one item.
+                items_per_pass={str(list(k)): v for k, v in planner.items.items()},
+                backward_bytes_per_item={str(list(k)): v for k, v in planner.measured.items()})

@@ -42,12 +42,11 @@ class ReconstructOptions:
     Args:
         iters: Steps per block (published: 20000).
         batch: Images per step (published: 32).
-        pass_elements: Most block-input elements (of the first input tensor, summed over the
-            items) that one forward / backward pass takes: a step's batch is split into
-            passes of at most this size (at least one item each) whose gradients are
-            accumulated, so memory does not grow with ``batch`` (the same gradient up to float
-            summation order). The default, 2^23, keeps one Swin-T stage-0 block on an
-            800x1333 image per pass; ``None``: the whole batch in one pass.
+        pass_bytes: Most bytes of tensors autograd keeps for backward in one forward /
+            backward pass: a step's batch is split into passes (at least one item each;
+            measured on a one-item pass per input shape) whose gradients are accumulated, so
+            memory does not grow with ``batch`` (the same gradient up to float summation
+            order). ``None``: the whole batch in one pass.
         lr: Adam learning rate of the activation scales (cosine-annealed).
         round_lr: Adam learning rate of the AdaRound variables.
         round_weight: Weight of the rounding regulariser (mean over weights).
@@ -61,7 +60,7 @@ class ReconstructOptions:
     """
     iters: int = 20000
     batch: int = 32
-    pass_elements: Optional[int] = 2**23
+    pass_bytes: Optional[int] = 2**30
     lr: float = 4e-5
     round_lr: float = 1e-3
     round_weight: float = 0.01
@@ -83,9 +82,9 @@ def build_options(cls, cfg: Optional[dict], key: str):
     opts = cls(**cfg)
     for f in fields(cls):
         v = getattr(opts, f.name)
-        if f.name in ('aph_images', 'pass_elements') and v is None:
+        if f.name in ('aph_images', 'pass_bytes') and v is None:
             continue
-        if f.name in ('iters', 'batch', 'rows', 'aph_images', 'pass_elements') and (
+        if f.name in ('iters', 'batch', 'rows', 'aph_images', 'pass_bytes') and (
                 not isinstance(v, int) or v < 1):
             raise ValueError(f'quant_cfg.{key}.{f.name}={v!r} must be a positive integer.')
         if f.name in ('lr', 'round_lr') and not v > 0:
