@@ -175,7 +175,7 @@ def test_passes_split_a_step_without_changing_the_reconstruction(calibrated_vit)
     pass over the whole batch learns, up to float summation order (the learned scales within
     1e-3 relative, the rounding identical); the planner measures a shape's first one-item
     pass and then packs as many items per pass as its byte budget holds."""
-    from mmq.calibration.block_reconstruction import PassPlanner
+    from mmq.calibration.pass_planner import PassPlanner
     vit, model, images = calibrated_vit
     states = [(torch.zeros(1, 5, 4), 'hw') for _ in range(3)] + [(torch.zeros(1, 6, 4), 'hw')]
     assert [p[0].shape[0] for _, p in PassPlanner(None).passes(states)] == [3, 1]

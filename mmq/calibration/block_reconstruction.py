@@ -15,8 +15,7 @@ quantized chain's block inputs, the float chain's block inputs and the float blo
 """
 import math
 import time
-from contextlib import contextmanager
-from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import List, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -31,7 +30,8 @@ from mmq.quantizers.log_quantizer import LogQuantizer
 from mmq.quantizers.uniform_quantizer import UniformQuantizer
 from .activation_store import ActivationStore
 from .aph import importance_for
-from .units import Unit, first_tensor
+from .pass_planner import PassPlanner
+from .units import Unit
 
 EVAL_ITEMS = 8  # calibration items the before / after block loss is measured on
 
@@ -43,60 +43,6 @@ def _beta(it: int, opts: ReconstructOptions) -> float:
         return 0.0
     frac = (it - warm) / max(1.0, opts.iters - warm)
     return opts.beta[1] + (opts.beta[0] - opts.beta[1]) * (1 - frac)
-
-
-def _cat(states: List[tuple]) -> tuple:
-    """States of equal shapes concatenated along the batch axis."""
-    return tuple(torch.cat([g[i] for g in states]) if torch.is_tensor(x) else x
-                 for i, x in enumerate(states[0]))
-
-
-class PassPlanner:
-    """Splits a step's items into forward / backward passes whose tensors kept for backward
-    stay within ``budget`` bytes (``None``: one pass per input shape).
-
-    Items of one input shape share a pass (they concatenate). The first pass of a shape runs
-    one item and measures what autograd keeps (each storage counted once); later passes of
-    that shape take ``budget // measured`` items (at least one). Attention that is quadratic
-    in the tokens (global ViT blocks at detection sizes) is measured, not estimated.
-    """
-
-    def __init__(self, budget: Optional[int]) -> None:
-        self.budget = budget
-        self.items: Dict[tuple, int] = {}  # items per pass, by input shape
-        self.measured: Dict[tuple, int] = {}  # bytes kept for backward by one item
-
-    def passes(self, states: List[tuple]) -> Iterator[Tuple[tuple, tuple]]:
-        """``(shape, concatenated states)`` of each pass, in order."""
-        groups: Dict[tuple, List[tuple]] = {}
-        for s in states:
-            groups.setdefault(tuple(first_tensor(s).shape[1:]), []).append(s)
-        for shape, group in groups.items():
-            k = 0
-            while k < len(group):
-                size = len(group) if self.budget is None else self.items.get(shape, 1)
-                yield shape, _cat(group[k:k + size])
-                k += size
-
-    @contextmanager
-    def recording(self, shape: tuple):
-        """Around a pass's forward: measures it if it is its shape's first."""
-        if self.budget is None or shape in self.items:
-            yield
-            return
-        seen, total = set(), [0]
-
-        def pack(t: Tensor) -> Tensor:
-            storage = t.untyped_storage()
-            if storage.data_ptr() not in seen:
-                seen.add(storage.data_ptr())
-                total[0] += storage.nbytes()
-            return t
-
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            yield
-        self.measured[shape] = total[0]
-        self.items[shape] = max(1, self.budget // max(1, total[0]))
 
 
 class _QDrop:
