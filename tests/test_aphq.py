@@ -186,6 +186,9 @@ def test_stage_options_are_checked():
         QuantConfig(reconstruct=dict(iterations=5))
     with pytest.raises(ValueError, match='positive integer'):
         QuantConfig(mr=dict(iters=0))
+    with pytest.raises(ValueError, match='pass_bytes=0 must be a positive integer'):
+        QuantConfig(reconstruct=dict(pass_bytes=0))
+    assert QuantConfig(reconstruct=dict(pass_bytes=None)).reconstruct_options().pass_bytes is None
 
 
 def test_stages_through_the_hook_save_stage_results_and_restart_from_one(shapes_data, tmp_path):
