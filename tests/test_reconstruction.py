@@ -222,5 +222,6 @@ def test_passes_split_a_step_without_changing_the_reconstruction(calibrated_vit)
     probe = PassPlanner(1)
     assert pass_sizes(probe) == [1, 1, 1, 1]
     per_item = probe.measured[tuple(x[0].shape[1:])]
+    assert probe.items(tuple(x[0].shape[1:])) == 1
     assert per_item > 0 and split['backward_bytes_per_item'][key] > 0
     assert pass_sizes(PassPlanner(int(2.5 * per_item))) == [1, 2, 1]

@@ -196,7 +196,6 @@ def reconstruct_unit(unit: Unit, q_store: ActivationStore, fp_store: ActivationS
                     with planner.recording(shape):
                         loss = _output_loss(unit.run(state), targets, h)
                     (loss * (targets[0].shape[0] / len(idx))).backward()
-                    del loss
                 if beta > 0:
                     reg = sum(r.regulariser(beta) for _, _, r in rounders.values())
                     (opts.round_weight * reg).backward()
@@ -231,5 +230,5 @@ def reconstruct_unit(unit: Unit, q_store: ActivationStore, fp_store: ActivationS
                 rounding_settled=sum(k for k, _ in settled) / max(1, total_vars),
                 rounding_variables=total_vars,
                 # Per input shape: items per pass, and bytes kept for backward by one item.
-                items_per_pass={str(list(k)): v for k, v in planner.items.items()},
+                items_per_pass={str(list(k)): planner.items(k) for k in planner.measured},
                 backward_bytes_per_item={str(list(k)): v for k, v in planner.measured.items()})

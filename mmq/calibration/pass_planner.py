@@ -27,8 +27,13 @@ class PassPlanner:
 
     def __init__(self, budget: Optional[int]) -> None:
         self.budget = budget
-        self.items: Dict[tuple, int] = {}  # items per pass, by input shape
-        self.measured: Dict[tuple, int] = {}  # bytes kept for backward by one item
+        self.measured: Dict[tuple, int] = {}  # bytes kept for backward by one item, by shape
+
+    def items(self, shape: tuple) -> int:
+        """Items per pass of input ``shape`` (one until it is measured)."""
+        if shape not in self.measured:
+            return 1
+        return max(1, self.budget // max(1, self.measured[shape]))
 
     def passes(self, states: List[tuple]) -> Iterator[Tuple[tuple, tuple]]:
         """``(shape, concatenated states)`` of each pass, in order."""
@@ -38,14 +43,14 @@ class PassPlanner:
         for shape, group in groups.items():
             k = 0
             while k < len(group):
-                size = len(group) if self.budget is None else self.items.get(shape, 1)
+                size = len(group) if self.budget is None else self.items(shape)
                 yield shape, _cat(group[k:k + size])
                 k += size
 
     @contextmanager
     def recording(self, shape: tuple):
         """Around a pass's forward: measures it if it is its shape's first."""
-        if self.budget is None or shape in self.items:
+        if self.budget is None or shape in self.measured:
             yield
             return
         seen, total = set(), [0]
@@ -60,4 +65,3 @@ class PassPlanner:
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
             yield
         self.measured[shape] = total[0]
-        self.items[shape] = max(1, self.budget // max(1, total[0]))
