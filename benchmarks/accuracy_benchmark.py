@@ -37,6 +37,7 @@ MR_DEMO = dict(iters=100, batch=512, rows=4096, lr=1e-3, aph_images=8)
 # short schedule keeps the product (300 x 0.1 = 30) so that every h(V) settles at 0 or 1.
 REC_DEMO = dict(iters=300, batch=2, lr=4e-5, round_lr=0.1, aph_images=8)
 UNIFORM = dict(softmax='uniform', gelu='uniform')
+TOKENS = ['ln_input', 'proj_input', 'qk']
 METHODS = {
     'uniform-minmax': dict(UNIFORM, calibrator='minmax'),
     'uniform-percentile': dict(UNIFORM, calibrator='percentile'),
@@ -71,6 +72,12 @@ METHODS = {
     'adalog-fpcs-rounds3': dict(rounds=3),
     # LayerNorm reparameterization from searched (not min / max) per-channel ranges.
     'adalog-fpcs-lnsearch': dict(ln_reparam_ranges='search'),
+    # Dynamic per-token scales for the post-LayerNorm, proj and q / k inputs (beyond the
+    # published static scales), at W4A4, W8A4 and with reconstruction.
+    'adalog-fpcs-tokens': dict(token_roles=TOKENS),
+    'adalog-fpcs-w8-tokens': dict(w_bits=8, token_roles=TOKENS),
+    'adalog-fpcs-tokens+rec': dict(token_roles=TOKENS, stages=['calibrate', 'reconstruct'],
+                                   reconstruct=REC_DEMO),
     **{f'adalog-fpcs-{role}8': dict(role_bits={role: 8})
        for role in ('ln_input', 'qk', 'v', 'post_softmax', 'proj_input', 'post_gelu', 'other')},
 }

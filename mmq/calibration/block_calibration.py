@@ -34,6 +34,10 @@ def _quantizer_params(layer: nn.Module) -> Dict[str, dict]:
         if not isinstance(q, BaseQuantizer) or not bool(q.calibrated):
             continue
         info = dict(type=type(q).__name__, bits=q.bits)
+        if hasattr(q, 'clip'):  # dynamic per-token: the scales are the tokens' own
+            info['clip'] = float(q.clip)
+            out[name] = info
+            continue
         scale = q.scale.flatten()
         if scale.numel() == 1:
             info['scale'] = float(scale)

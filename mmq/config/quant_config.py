@@ -21,6 +21,9 @@ CALIBRATORS = tuple(CALIBRATOR_TYPES)
 SCOPES = ('backbone', 'detector')
 # Activation roles whose bit width ``role_bits`` can set apart from ``a_bits``.
 ROLES = ('ln_input', 'qk', 'v', 'post_softmax', 'proj_input', 'post_gelu', 'other')
+# Roles ``token_roles`` can give dynamic per-token scales: the operands whose tokens are the
+# rows (columns of ``k^T``) an integer kernel can scale its accumulator by.
+TOKEN_ROLES = ('ln_input', 'proj_input', 'qk')
 
 
 def _quantizer(name: str, **kwargs):
@@ -107,6 +110,11 @@ class QuantConfig:
             'other' (every other Linear / Conv input: pyramid, neck, heads).
         reconstruct: Options of the 'reconstruct' stage
             (:class:`mmq.models.aphq_options.ReconstructOptions`).
+        token_roles: Activation roles quantized with dynamic per-token scales
+            (:class:`mmq.quantizers.TokenQuantizer`: each token's own range at run time, a
+            calibrated clip ratio) instead of static per-tensor / per-head ones: any of
+            'ln_input', 'proj_input' (Linear inputs) and 'qk' (q per query row, k per key).
+            Beyond the published methods (static scales); ``None``: all static.
     """
     w_bits: int = 4
     a_bits: int = 4
@@ -133,6 +141,7 @@ class QuantConfig:
     mr: Optional[dict] = None
     reconstruct: Optional[dict] = None
     role_bits: Optional[Dict[str, int]] = None
+    token_roles: Optional[List[str]] = None
 
     def __post_init__(self) -> None:
         self.stages = list(check_stages(self.stages))
@@ -154,6 +163,12 @@ class QuantConfig:
                     raise ValueError(f'quant_cfg.role_bits: unknown role {role!r}; roles: '
                                      f'{ROLES}.')
                 check_bits(bits, UNIFORM_BITS, f'role_bits.{role}')
+        if self.token_roles is not None:
+            if isinstance(self.token_roles, str) or not all(
+                    r in TOKEN_ROLES for r in self.token_roles):
+                raise ValueError(f'quant_cfg.token_roles={self.token_roles!r} must be a list '
+                                 f'of roles from {TOKEN_ROLES}.')
+            self.token_roles = list(self.token_roles)
         for name, allowed in (('softmax', POWER_LAW_QUANTIZERS), ('gelu', POWER_LAW_QUANTIZERS),
                               ('calibrator', CALIBRATORS), ('scope', SCOPES),
                               ('dequant', ('table', 'exact')),
@@ -218,8 +233,16 @@ class QuantConfig:
             raise ValueError(f'unknown activation role {role!r}; roles: {ROLES}.')
         return (self.role_bits or {}).get(role, self.a_bits)
 
-    def activation(self, ch_axis: Optional[int] = None, role: str = 'other') -> UniformQuantizer:
-        return _quantizer('UniformQuantizer', bits=self.bits_for(role), ch_axis=ch_axis)
+    def activation(self, ch_axis: Optional[int] = None, role: str = 'other',
+                   feature_axis: Optional[int] = -1):
+        """The quantizer of an activation of ``role``: static uniform (per tensor, or per
+        ``ch_axis``), or dynamic per token where ``token_roles`` names the role and
+        ``feature_axis`` (the axis a token's features lie on; ``None``: not a token layout,
+        e.g. a Conv input) allows it."""
+        bits = self.bits_for(role)
+        if feature_axis is not None and role in (self.token_roles or ()):
+            return _quantizer('TokenQuantizer', bits=bits, feature_axis=feature_axis)
+        return _quantizer('UniformQuantizer', bits=bits, ch_axis=ch_axis)
 
     def _power_law(self, kind: str, role: str, **log_kwargs):
         args = dict(bits=self.bits_for(role))

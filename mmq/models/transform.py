@@ -23,14 +23,15 @@ from .quant_matmul import QuantMatMul
 QUANT_LAYERS = (QuantLinear, QuantConv2d, QuantMatMul)
 
 
-def _input_quantizer(role: str, qcfg: QuantConfig):
+def _input_quantizer(role: str, qcfg: QuantConfig, tokens: bool = True):
     if role == 'image':
         return None  # the patch-embedding input (pixels) stays float
     if role == 'gelu':
         return qcfg.post_gelu()
     if role == 'relu':
         return qcfg.post_relu()
-    return qcfg.activation(role=role if role in ('ln_input', 'proj_input') else 'other')
+    return qcfg.activation(role=role if role in ('ln_input', 'proj_input') else 'other',
+                           feature_axis=-1 if tokens else None)
 
 
 def _swap(module: nn.Module, roles: Dict[int, str], qcfg: QuantConfig) -> nn.Module:
@@ -45,7 +46,8 @@ def _swap(module: nn.Module, roles: Dict[int, str], qcfg: QuantConfig) -> nn.Mod
     if isinstance(module, nn.Linear):
         return QuantLinear.from_float(module, qcfg.weight(), _input_quantizer(role, qcfg))
     if isinstance(module, nn.Conv2d) and module.groups == 1:
-        return QuantConv2d.from_float(module, qcfg.weight(), _input_quantizer(role, qcfg))
+        return QuantConv2d.from_float(module, qcfg.weight(),
+                                      _input_quantizer(role, qcfg, tokens=False))
     return module
 
 

@@ -10,9 +10,10 @@ import torch
 from torch import Tensor
 
 from mmq.registry import CALIBRATORS
-from .fpcs import LogSchedule, UniformSchedule, fpcs_log, fpcs_uniform
+from .fpcs import LogSchedule, UniformSchedule, fpcs_log, fpcs_token, fpcs_uniform
 from .log_quantizer import LogQuantizer
 from .objectives import Objective
+from .token_quantizer import TokenQuantizer
 from .uniform import minmax_params, percentile_params, quantile_rows
 from .uniform_quantizer import UniformQuantizer
 from .validation import check_finite
@@ -20,12 +21,14 @@ from .validation import check_finite
 
 def _unsupported(calibrator, quantizer):
     return TypeError(f'{type(calibrator).__name__} cannot calibrate '
-                     f'{type(quantizer).__name__}: expected UniformQuantizer or LogQuantizer.')
+                     f'{type(quantizer).__name__}: expected UniformQuantizer, LogQuantizer '
+                     'or TokenQuantizer.')
 
 
 @CALIBRATORS.register_module()
 class MinMaxCalibrator:
-    """The full observed range (uniform), or the maximum as the log scale."""
+    """The full observed range (uniform), the maximum as the log scale, or every token's full
+    range (dynamic per-token)."""
 
     def __call__(self, quantizer, x: Tensor, objective: Optional[Objective] = None) -> None:
         check_finite(x)
@@ -36,6 +39,8 @@ class MinMaxCalibrator:
         elif isinstance(quantizer, LogQuantizer):
             scale = quantizer.fixed_scale or float((x + quantizer.shift).max().clamp_min(1e-8))
             quantizer.set_params(int(quantizer.q), scale)
+        elif isinstance(quantizer, TokenQuantizer):
+            quantizer.set_params(1.0)  # every token's full range
         else:
             raise _unsupported(self, quantizer)
 
@@ -43,7 +48,8 @@ class MinMaxCalibrator:
 @CALIBRATORS.register_module()
 class PercentileCalibrator:
     """Clip to the ``lower`` / ``upper`` quantiles (uniform), or the ``upper`` quantile as the
-    log scale.
+    log scale; a dynamic per-token quantizer keeps each token's full range (its range is
+    per token already).
 
     Args:
         lower (float): Lower quantile in [0, 1].
@@ -70,6 +76,8 @@ class PercentileCalibrator:
                 upper = torch.tensor([self.upper], device=rows.device)
                 scale = float(quantile_rows(rows, upper).clamp_min(1e-8))
             quantizer.set_params(int(quantizer.q), scale)
+        elif isinstance(quantizer, TokenQuantizer):
+            quantizer.set_params(1.0)
         else:
             raise _unsupported(self, quantizer)
 
@@ -108,6 +116,10 @@ class FPCSCalibrator:
                               objective, quantizer.shift, quantizer.fixed_scale,
                               quantizer.dequant == 'table', self.log_schedule, self.budget)
             quantizer.set_params(int(result.params[0, 0]), float(result.params[0, 1]))
+        elif isinstance(quantizer, TokenQuantizer):
+            result = fpcs_token(x, quantizer.bits, quantizer.feature_axis, objective,
+                                self.budget)
+            quantizer.set_params(float(result.params[0, 0]))
         else:
             raise _unsupported(self, quantizer)
         return float(result.loss.mean())

@@ -244,3 +244,38 @@ def fpcs_log(x: Tensor,
         steps += [BeamStep(schedule.width, refine) for _ in range(schedule.steps)]
     return beam_search(first, _log_score(x, bits, r, shift, table, objective), steps,
                        chunk_for(x.numel(), budget))
+
+
+# The clip-ratio search of a dynamic per-token quantizer: 15 ratios in [0.3, 1], keep 4, then
+# 3 steps of 8 children each around the survivors (width / 4 per step), best 1.
+TOKEN_CLIPS = (0.3, 1.0, 15)
+TOKEN_STEPS = 3
+
+
+@torch.no_grad()
+def fpcs_token(x: Tensor,
+               bits: int,
+               feature_axis: int = -1,
+               objective: Optional[Objective] = None,
+               budget: int = 2**24) -> SearchResult:
+    """Search the clip ratio of a dynamic per-token quantizer
+    (:class:`mmq.quantizers.TokenQuantizer`) with FPCS's coarse-to-fine beam; ``objective``
+    defaults to self-MSE. ``params`` are ``(1, 1)``: the ratio, in (0, 1]."""
+    from .token_quantizer import token_fake_quant  # the module imports this one's package
+    check_bits(bits, UNIFORM_BITS)
+    check_finite(x)
+    objective = objective or self_mse(x)
+    lo, hi, num = TOKEN_CLIPS
+    grid = torch.linspace(lo, hi, num, dtype=x.dtype, device=x.device).view(1, num, 1)
+    d0 = (hi - lo) / (num - 1)
+
+    def score(cands: Tensor) -> Tensor:
+        clip = cands[0, :, 0].reshape(-1, *([1] * x.dim()))
+        return objective(token_fake_quant(x.unsqueeze(0), clip, bits, feature_axis)).t()
+
+    def refine(beam: Tensor, step: int) -> Tensor:
+        width = torch.full_like(beam[..., 0], 2 * d0 / 4**(step - 1))
+        return spread(beam[..., 0], width, 8).flatten(1).clamp(1e-3, 1.0).unsqueeze(-1)
+
+    steps = [BeamStep(4)] + [BeamStep(4, refine) for _ in range(TOKEN_STEPS)]
+    return beam_search(grid, score, steps, chunk_for(x.numel(), budget))

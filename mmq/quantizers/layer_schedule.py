@@ -79,6 +79,7 @@ def output_objective(problem: CalibrationProblem, which: str, ref: Tensor) -> Ob
         other = problem.quantized('a')
         if (problem.linear and problem.b.dim() == 2 and integer_scoring_enabled(other)
                 and problem.qa is not None and bool(problem.qa.calibrated)
+                and getattr(problem.qa, 'scale', None) is not None  # static codes * scale
                 and problem.qb is not None and 2**problem.qb.bits - 1 <= INT_CODE_MAX):
             objective = IntegerLinearWeightMSE.from_quantized(other, problem.qa.scale, ref)
             if objective is not None:

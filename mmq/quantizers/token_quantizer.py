@@ -1,0 +1,78 @@
+"""The dynamic per-token uniform quantizer (beyond the published methods).
+
+Every token (one row of a Linear input, one query row of ``q``, one key column of ``k^T``)
+gets its own asymmetric ``(s, z)`` from its own range at run time, shrunk by a calibrated
+clip ratio ``c``:
+
+    lo = c * min(min_j x_j, 0),  hi = c * max(max_j x_j, 0),  s = (hi - lo) / (2^b - 1),
+    z = round(-lo / s),  x_hat = (clamp(round(x / s) + z, 0, 2^b - 1) - z) * s
+
+An integer kernel keeps one scale per row of its left operand (per column of its right one)
+and applies it to the int32 accumulator, so ``x_hat @ W_q^T = s_row * (codes - z_row) @
+W_q^T``: the cost is one min / max reduction per token at run time. Static per-tensor scales
+(the published methods) must cover the largest token of the calibration set; DINOv2's
+high-norm tokens make that range wide for every other token.
+"""
+import torch
+from torch import Tensor
+
+from mmq.registry import QUANTIZERS
+from .base_quantizer import BaseQuantizer
+from .uniform import round_ste
+from .validation import UNIFORM_BITS, check_finite
+
+MIN_SCALE = 1e-8
+
+
+def token_fake_quant(x: Tensor, clip: Tensor, bits: int, feature_axis: int = -1) -> Tensor:
+    """Fake-quantize ``x`` with one ``(s, z)`` per token, the range taken along
+    ``feature_axis`` and scaled by ``clip`` (broadcasts against ``x`` with a leading candidate
+    axis: ``clip`` of shape ``(K, 1, ..., 1)`` gives ``K`` candidates). The rounding has a
+    straight-through gradient; the range is differentiable."""
+    qmax = 2**bits - 1
+    lo = x.amin(dim=feature_axis, keepdim=True).clamp(max=0) * clip
+    hi = x.amax(dim=feature_axis, keepdim=True).clamp(min=0) * clip
+    scale = ((hi - lo) / qmax).clamp(min=MIN_SCALE)
+    zero_point = torch.round(-lo / scale)
+    codes = torch.clamp(round_ste(x / scale) + zero_point, 0, qmax)
+    return (codes - zero_point) * scale
+
+
+@QUANTIZERS.register_module()
+class TokenQuantizer(BaseQuantizer):
+    """Dynamic per-token asymmetric uniform fake quantizer with a calibrated clip ratio.
+
+    Args:
+        bits (int): Bit width, 2..8.
+        feature_axis (int): The axis a token's range is taken over: ``-1`` for Linear inputs
+            ``(..., tokens, features)`` and ``q`` ``(B, heads, N, d)``, ``-2`` for ``k^T``
+            ``(B, heads, d, N)``.
+    """
+
+    lazy_buffers = ('clip', )
+
+    def __init__(self, bits: int, feature_axis: int = -1) -> None:
+        super().__init__(bits, UNIFORM_BITS)
+        if feature_axis not in (-1, -2):
+            raise ValueError(f'feature_axis={feature_axis!r} must be -1 (rows) or -2 '
+                             '(columns).')
+        self.feature_axis = feature_axis
+
+    def set_params(self, clip: float) -> None:
+        """Set the clip ratio (in (0, 1]: the fraction of each token's range kept)."""
+        clip_t = check_finite(torch.as_tensor(clip, dtype=torch.float32), 'clip')
+        if clip_t.numel() != 1 or not 0 < float(clip_t) <= 1:
+            raise ValueError(f'clip={clip!r} must be a single ratio in (0, 1].')
+        self._set(clip=clip_t.reshape(()).to(self.calibrated.device))
+
+    def fake_quant(self, x: Tensor, clip: Tensor) -> Tensor:
+        """``x`` quantized with clip ratio(s) ``clip`` (see :func:`token_fake_quant`)."""
+        return token_fake_quant(x, clip, self.bits, self.feature_axis)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.is_active:
+            return x
+        return self.fake_quant(x, self.clip)
+
+    def extra_repr(self) -> str:
+        return f'{super().extra_repr()}, feature_axis={self.feature_axis}'

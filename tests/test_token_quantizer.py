@@ -1,0 +1,132 @@
+"""Dynamic per-token activation quantization (``quant_cfg.token_roles``)."""
+import copy
+
+import pytest
+import torch
+
+import mmq
+from mmq.config import QuantConfig
+from mmq.models.quant_linear import QuantLinear
+from mmq.quantizers import (FPCSCalibrator, MinMaxCalibrator, PercentileCalibrator,
+                            TokenQuantizer, UniformQuantizer, fpcs_token, token_fake_quant)
+from mmq.quantizers.layer_schedule import solve
+from .conftest import FAST_QUANT, tiny_vit
+
+TOKENS = ['ln_input', 'proj_input', 'qk']
+
+
+def _outlier_tokens(rows: int = 256, dim: int = 64, seed: int = 0) -> torch.Tensor:
+    """Gaussian tokens, a few of them 50x larger (high-norm tokens)."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(rows, dim, generator=g)
+    x[::37] *= 50
+    return x
+
+
+def test_each_token_gets_its_own_grid():
+    """With clip 1 every token keeps its own min and max (up to half a step) and at most 2^b
+    levels, along the feature axis asked for (rows, or columns for k^T)."""
+    x = _outlier_tokens()
+    for axis, t in ((-1, x), (-2, x.t())):
+        out = token_fake_quant(t, torch.tensor(1.0), 4, axis)
+        per_token = out if axis == -1 else out.t()
+        for row, ref in zip(per_token[:5], x[:5]):
+            assert row.unique().numel() <= 16
+            step = float(ref.max() - ref.min()) / 15
+            assert abs(float(row.max() - ref.max())) <= step / 2 + 1e-6
+            assert abs(float(row.min() - ref.min())) <= step / 2 + 1e-6
+    # A static per-tensor grid spends its levels on the outlier tokens: the others lose.
+    static = UniformQuantizer(4)
+    MinMaxCalibrator()(static, x)
+    dynamic = TokenQuantizer(4)
+    MinMaxCalibrator()(dynamic, x)
+    normal = torch.ones(x.shape[0], dtype=torch.bool)
+    normal[::37] = False
+    err = lambda q: float((q(x) - x)[normal].pow(2).mean())  # noqa: E731
+    assert err(dynamic) < 0.05 * err(static)
+
+
+def test_clip_search_beats_its_grid_and_the_full_range():
+    """FPCS's clip search is never worse than its own initial grid nor than clip 1."""
+    x = _outlier_tokens()
+    x = x + 0.3 * torch.randn(x.shape, generator=torch.Generator().manual_seed(1)).pow(3)
+    result = fpcs_token(x, 3)
+    clip = float(result.params[0, 0])
+    loss = lambda c: float((token_fake_quant(x, torch.tensor(c), 3) - x).pow(2).mean())  # noqa
+    assert 0 < clip <= 1
+    assert loss(clip) == pytest.approx(float(result.loss[0]), rel=1e-5)
+    grid = torch.linspace(0.3, 1.0, 15).tolist()
+    assert loss(clip) <= min(loss(c) for c in grid) + 1e-7
+    assert loss(clip) < loss(1.0)
+
+
+def test_calibrators_set_the_clip_ratio():
+    x = _outlier_tokens()
+    for calibrator, expect_one in ((MinMaxCalibrator(), True), (PercentileCalibrator(), True),
+                                   (FPCSCalibrator(), False)):
+        q = TokenQuantizer(4)
+        calibrator(q, x)
+        assert bool(q.calibrated) and 0 < float(q.clip) <= 1
+        assert (float(q.clip) == 1.0) == expect_one
+    with pytest.raises(ValueError, match='clip'):
+        TokenQuantizer(4).set_params(1.5)
+    with pytest.raises(ValueError, match='feature_axis'):
+        TokenQuantizer(4, feature_axis=0)
+
+
+def test_output_search_on_a_linear_layer_lowers_its_error():
+    """A Linear whose input has high-norm tokens: per-token input scales (clip searched on
+    the layer output) give a far smaller output error than the static per-tensor scale."""
+    x = _outlier_tokens(dim=32)
+    linear = torch.nn.Linear(32, 16)
+    torch.nn.init.normal_(linear.weight, generator=torch.Generator().manual_seed(2))
+    qcfg = dict(static=QuantConfig(**FAST_QUANT), tokens=QuantConfig(**FAST_QUANT,
+                                                                     token_roles=TOKENS))
+    errors = {}
+    for name, cfg in qcfg.items():
+        layer = QuantLinear.from_float(copy.deepcopy(linear), cfg.weight(),
+                                       cfg.activation(role='ln_input'))
+        solve(layer.calibration_problem(x), cfg.make_calibrator, rounds=1, b_is_weight=True)
+        with torch.no_grad():
+            errors[name] = float((layer(x) - linear(x)).pow(2).mean())
+    assert isinstance(layer.input_quantizer, TokenQuantizer)
+    assert errors['tokens'] < 0.5 * errors['static'], errors
+
+
+def test_token_roles_place_dynamic_quantizers_and_survive_save_and_load(tmp_path):
+    """q / k (k^T by columns), the LayerNorm-fed and proj inputs become TokenQuantizers; v,
+    fc2's input and every weight stay static; the calibrated model is close to float, and a
+    saved state reloads bit-identically (and is refused as a static layout)."""
+    vit = tiny_vit(32, 8, 32, 2, 4)
+    g = torch.Generator().manual_seed(0)
+    calib = [torch.randn(2, 3, 32, 32, generator=g) for _ in range(2)]
+    test = torch.randn(2, 3, 32, 32, generator=g)
+    cfg = dict(FAST_QUANT, token_roles=TOKENS)
+    model = copy.deepcopy(vit)
+    mmq.quantize(model, calib, cfg)
+    attn, mlp = model.blocks[0].attn, model.blocks[0].mlp
+    for q, axis in ((attn.qkv.input_quantizer, -1), (mlp.fc1.input_quantizer, -1),
+                    (attn.proj.input_quantizer, -1), (attn.qk_matmul.a_quantizer, -1),
+                    (attn.qk_matmul.b_quantizer, -2)):
+        assert isinstance(q, TokenQuantizer) and q.feature_axis == axis and bool(q.calibrated)
+    assert isinstance(attn.av_matmul.b_quantizer, UniformQuantizer)
+    assert not isinstance(mlp.fc2.input_quantizer, TokenQuantizer)
+    assert isinstance(attn.qkv.weight_quantizer, UniformQuantizer)
+    with torch.no_grad():
+        ref, out = vit(test), model(test)
+    assert float((out - ref).pow(2).mean() / ref.pow(2).mean()) < 0.5
+    path = str(tmp_path / 'q.pth')
+    mmq.save_quantized_state(model, path, QuantConfig(**cfg))
+    fresh = copy.deepcopy(vit)
+    mmq.load_quantized_state(fresh, path)
+    with torch.no_grad():
+        assert torch.equal(fresh(test), out)
+    mmq.save_quantized_state(model, path, QuantConfig(**FAST_QUANT))  # mislabelled
+    with pytest.raises(ValueError, match='does not describe it'):
+        mmq.load_quantized_state(copy.deepcopy(vit), path)
+
+
+@pytest.mark.parametrize('bad', [['v'], 'qk', ['post_gelu']])
+def test_token_roles_are_checked(bad):
+    with pytest.raises(ValueError, match='token_roles'):
+        QuantConfig(token_roles=bad)
