@@ -76,6 +76,7 @@ METHODS = {
     # published static scales), at W4A4, W8A4 and with reconstruction.
     'adalog-fpcs-tokens': dict(token_roles=TOKENS),
     'adalog-fpcs-w8-tokens': dict(w_bits=8, token_roles=TOKENS),
+    'adalog-fpcs-w8-tokens-full': dict(w_bits=8, token_roles=TOKENS, token_clip='full'),
     'adalog-fpcs-tokens+rec': dict(token_roles=TOKENS, stages=['calibrate', 'reconstruct'],
                                    reconstruct=REC_DEMO),
     **{f'adalog-fpcs-{role}8': dict(role_bits={role: 8})

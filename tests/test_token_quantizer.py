@@ -63,7 +63,8 @@ def test_clip_search_beats_its_grid_and_the_full_range():
 def test_calibrators_set_the_clip_ratio():
     x = _outlier_tokens()
     for calibrator, expect_one in ((MinMaxCalibrator(), True), (PercentileCalibrator(), True),
-                                   (FPCSCalibrator(), False)):
+                                   (FPCSCalibrator(), False),
+                                   (FPCSCalibrator(search_token_clip=False), True)):
         q = TokenQuantizer(4)
         calibrator(q, x)
         assert bool(q.calibrated) and 0 < float(q.clip) <= 1
@@ -130,3 +131,24 @@ def test_token_roles_place_dynamic_quantizers_and_survive_save_and_load(tmp_path
 def test_token_roles_are_checked(bad):
     with pytest.raises(ValueError, match='token_roles'):
         QuantConfig(token_roles=bad)
+
+
+def test_token_quantizers_pass_gradients_in_block_reconstruction():
+    """Reconstruction trains through the dynamic quantizers (their clip ratios stay
+    calibrated): every block's weighted loss falls, and the token_clip='full' option
+    reaches the calibrator (clip 1 everywhere)."""
+    vit = tiny_vit(32, 8, 32, 2, 4)
+    g = torch.Generator().manual_seed(0)
+    calib = [torch.randn(2, 3, 32, 32, generator=g) for _ in range(2)]
+    model = copy.deepcopy(vit)
+    report = mmq.quantize(model, calib, dict(
+        FAST_QUANT, token_roles=TOKENS, token_clip='full', stages=['calibrate', 'reconstruct'],
+        reconstruct=dict(iters=20, batch=2, aph_images=2)))
+    tokens = [m for m in model.modules() if isinstance(m, TokenQuantizer)]
+    assert tokens and all(float(q.clip) == 1.0 for q in tokens)
+    blocks = [u for u in report['units'] if u['stage'] == 'reconstruct'
+              and u['unit'].startswith('blocks')]
+    assert len(blocks) == 2 and all(u['loss_trained'] < u['loss_before'] for u in blocks)
+    x = torch.randn(8, 16, requires_grad=True)
+    tokens[0](x).sum().backward()
+    assert x.grad is not None and bool((x.grad != 0).any())

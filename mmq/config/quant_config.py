@@ -115,6 +115,9 @@ class QuantConfig:
             calibrated clip ratio) instead of static per-tensor / per-head ones: any of
             'ln_input', 'proj_input' (Linear inputs) and 'qk' (q per query row, k per key).
             Beyond the published methods (static scales); ``None``: all static.
+        token_clip: How FPCS sets those quantizers' clip ratio: 'search' (on the layer
+            output, as every other FPCS parameter) or 'full' (clip 1: every token's own
+            min / max).
     """
     w_bits: int = 4
     a_bits: int = 4
@@ -142,6 +145,7 @@ class QuantConfig:
     reconstruct: Optional[dict] = None
     role_bits: Optional[Dict[str, int]] = None
     token_roles: Optional[List[str]] = None
+    token_clip: str = 'search'
 
     def __post_init__(self) -> None:
         self.stages = list(check_stages(self.stages))
@@ -173,7 +177,8 @@ class QuantConfig:
                               ('calibrator', CALIBRATORS), ('scope', SCOPES),
                               ('dequant', ('table', 'exact')),
                               ('adalog_base_range', ADALOG_BASE_RANGES),
-                              ('ln_reparam_ranges', ('minmax', 'search'))):
+                              ('ln_reparam_ranges', ('minmax', 'search')),
+                              ('token_clip', ('search', 'full'))):
             if getattr(self, name) not in allowed:
                 raise ValueError(f'quant_cfg.{name}={getattr(self, name)!r} is not one of '
                                  f'{allowed}.')
@@ -217,7 +222,8 @@ class QuantConfig:
     def make_calibrator(self, role: str):
         """The calibrator of an operand of ``role`` ('weight' or 'activation')."""
         args = dict(fpcs=dict(role=role, uniform_schedule=self.uniform_schedule,
-                              log_schedule=self.log_schedule),
+                              log_schedule=self.log_schedule,
+                              search_token_clip=self.token_clip == 'search'),
                     minmax=dict(),
                     percentile=dict(lower=1 - self.percentile, upper=self.percentile))
         return CALIBRATOR_REGISTRY.get(CALIBRATOR_TYPES[self.calibrator])(

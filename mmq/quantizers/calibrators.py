@@ -92,21 +92,26 @@ class FPCSCalibrator:
         uniform_schedule (dict, optional): Overrides of :class:`UniformSchedule`.
         log_schedule (dict, optional): Overrides of :class:`LogSchedule`.
         budget (int): Float elements scored at once (bounds memory).
+        search_token_clip (bool): Search a dynamic per-token quantizer's clip ratio (else
+            keep every token's full range, clip 1).
     """
 
     def __init__(self,
                  role: str = 'activation',
                  uniform_schedule: Optional[dict] = None,
                  log_schedule: Optional[dict] = None,
-                 budget: int = 2**24) -> None:
+                 budget: int = 2**24,
+                 search_token_clip: bool = True) -> None:
         if role not in ('weight', 'activation'):
             raise ValueError(f"role={role!r} must be 'weight' or 'activation'.")
         self.role = role
         self.uniform_schedule = UniformSchedule(**(uniform_schedule or {}))
         self.log_schedule = LogSchedule(**(log_schedule or {}))
         self.budget = budget
+        self.search_token_clip = search_token_clip
 
-    def __call__(self, quantizer, x: Tensor, objective: Optional[Objective] = None) -> float:
+    def __call__(self, quantizer, x: Tensor,
+                 objective: Optional[Objective] = None) -> Optional[float]:
         if isinstance(quantizer, UniformQuantizer):
             result = fpcs_uniform(x, quantizer.bits, quantizer.ch_axis, objective, self.role,
                                   quantizer.fixed_zero_point, self.uniform_schedule, self.budget)
@@ -117,6 +122,9 @@ class FPCSCalibrator:
                               quantizer.dequant == 'table', self.log_schedule, self.budget)
             quantizer.set_params(int(result.params[0, 0]), float(result.params[0, 1]))
         elif isinstance(quantizer, TokenQuantizer):
+            if not self.search_token_clip:
+                quantizer.set_params(1.0)
+                return None
             result = fpcs_token(x, quantizer.bits, quantizer.feature_axis, objective,
                                 self.budget)
             quantizer.set_params(float(result.params[0, 0]))
