@@ -8,7 +8,9 @@ A seconds-long proxy for the accuracy benchmark's per-role rows (``adalog-fpcs-<
 which recalibrate at 8 bits and evaluate AP, about 25 minutes each here): it removes a
 role's error entirely rather than shrinking it, and ignores how calibration would adapt.
 Prints, per role, the features' SQNR (dB, mean over pyramid levels and images) with that
-role float, and its gain over the fully quantized model.
+role float, and its gain over the fully quantized model; then each role's own quantization
+SQNR (every quantizer's output against what it would pass in float mode, on the same images
+in the fully quantized model: mean / min / max over the role's quantizers).
 """
 import argparse
 from typing import Dict, List
@@ -79,6 +81,33 @@ def main() -> None:
         value = features_sqnr({id(q) for q in qs})
         print(f'  {role:15s} float ({len(qs):3d} quantizers): {value:6.2f} dB '
               f'({value - base:+.2f})', flush=True)
+    own_sqnr(backbone, groups, images, every)
+
+
+def own_sqnr(backbone: nn.Module, groups: Dict[str, List[nn.Module]], images: list,
+             every: list) -> None:
+    """Each activation role's quantizers' SQNR on their own inputs (all quantized)."""
+    for q in every:
+        q.enabled = True
+    values: Dict[int, List[float]] = {}
+
+    def hook(module, args, out):
+        values.setdefault(id(module), []).append(sqnr_db(module.float_path(args[0]), out))
+
+    handles = [q.register_forward_hook(hook) for role, qs in groups.items()
+               if role not in ('weights', 'all activations') for q in qs]
+    with torch.no_grad():
+        for image in images:
+            backbone(image)
+    for h in handles:
+        h.remove()
+    print('own quantization SQNR per role (dB over its quantizers: mean / min / max)')
+    for role, qs in groups.items():
+        if role in ('weights', 'all activations'):
+            continue
+        per_q = [sum(values[id(q)]) / len(values[id(q)]) for q in qs if id(q) in values]
+        print(f'  {role:15s} {sum(per_q) / len(per_q):6.2f} / {min(per_q):6.2f} / '
+              f'{max(per_q):6.2f}', flush=True)
 
 
 if __name__ == '__main__':
