@@ -35,11 +35,12 @@ def _assert_close_models(cpu, gpu, test: torch.Tensor, max_rel_mse: float) -> No
     assert float((out - ref).pow(2).mean() / ref.pow(2).mean()) < max_rel_mse
 
 
-def test_vit_calibration_on_gpu_matches_cpu():
+@pytest.mark.parametrize('extra', [{}, dict(token_roles=['ln_input', 'proj_input', 'qk'])])
+def test_vit_calibration_on_gpu_matches_cpu(extra):
     vit = tiny_vit(32, 8, 32, 2, 4)
     g = torch.Generator().manual_seed(0)
     images = [torch.randn(2, 3, 32, 32, generator=g) for _ in range(2)]
-    cpu, gpu = _calibrate_both(vit, images, dict(FAST_QUANT))
+    cpu, gpu = _calibrate_both(vit, images, dict(FAST_QUANT, **extra))
     _assert_close_models(cpu, gpu, torch.randn(4, 3, 32, 32, generator=g), 1e-2)
 
 
