@@ -13,6 +13,9 @@ The zero points are centred on each range's own zero point ``round(-lo / s)`` (w
 Log (AdaLog / fixed bases): score every base ``q`` at the current scale, keep 8; cross with 16
 scales, keep 32; 5 steps of 4 scale children each (``d <- d / 3.5``), keep 32; best 1. With a
 fixed scale (post-Softmax) only ``q`` is searched.
+
+Per-token clip ratio (dynamic per-token quantizers, beyond the published methods): 15 ratios
+in [0.3, 1], keep 4; 3 steps of 8 children each (width / 4 per step), keep 4; best 1.
 """
 from dataclasses import dataclass
 from typing import Optional, Tuple
@@ -27,6 +30,7 @@ from .log_quant import log_levels
 from .fused_scores import (canonical_groups, log_fake_quant, uniform_codes, uniform_fake_quant,
                            uniform_self_mse)
 from .objectives import INT_CODE_MAX, IntegerLinearWeightMSE, Objective, SelfMSE, self_mse
+from .token_quantizer import token_fake_quant
 from .uniform import group_rows, quantile_rows
 from .validation import LOG_BITS, UNIFORM_BITS, check_bits, check_finite
 
@@ -261,7 +265,6 @@ def fpcs_token(x: Tensor,
     """Search the clip ratio of a dynamic per-token quantizer
     (:class:`mmq.quantizers.TokenQuantizer`) with FPCS's coarse-to-fine beam; ``objective``
     defaults to self-MSE. ``params`` are ``(1, 1)``: the ratio, in (0, 1]."""
-    from .token_quantizer import token_fake_quant  # the module imports this one's package
     check_bits(bits, UNIFORM_BITS)
     check_finite(x)
     objective = objective or self_mse(x)
