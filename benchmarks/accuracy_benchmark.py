@@ -77,6 +77,8 @@ METHODS = {
     'adalog-fpcs-tokens': dict(token_roles=TOKENS),
     'adalog-fpcs-w8-tokens': dict(w_bits=8, token_roles=TOKENS),
     'adalog-fpcs-w8-tokens-full': dict(w_bits=8, token_roles=TOKENS, token_clip='full'),
+    'adalog-fpcs-w8-tokens+rec': dict(w_bits=8, token_roles=TOKENS,
+                                      stages=['calibrate', 'reconstruct'], reconstruct=REC_DEMO),
     'adalog-fpcs-tokens+rec': dict(token_roles=TOKENS, stages=['calibrate', 'reconstruct'],
                                    reconstruct=REC_DEMO),
     **{f'adalog-fpcs-{role}8': dict(role_bits={role: 8})
