@@ -277,6 +277,10 @@ def main() -> None:
     args = parse_args()
     os.makedirs(args.out, exist_ok=True)
     py = sys.executable
+    if not osp.isfile(osp.join(ROOT, 'data/shapes/annotations/instances_val.json')):
+        print('generating the shapes dataset (data/shapes), as make demo does', flush=True)
+        subprocess.run([py, 'tools/generate_shapes_dataset.py', 'data/shapes'], cwd=ROOT,
+                       check=True)
     rows = []
     jobs = [(d, None, 'float') for d in args.detectors]
     jobs += [(d, b, m) for d in args.detectors for b in args.bits for m in args.methods
