@@ -275,6 +275,8 @@ def _plot(rows: list, path: str) -> None:
 
 def main() -> None:
     args = parse_args()
+    for method in args.methods:
+        split_method(method)  # an unknown method stops here, before any row runs
     os.makedirs(args.out, exist_ok=True)
     py = sys.executable
     if not osp.isfile(osp.join(ROOT, 'data/shapes/annotations/instances_val.json')):
