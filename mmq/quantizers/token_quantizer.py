@@ -18,10 +18,8 @@ from torch import Tensor
 
 from mmq.registry import QUANTIZERS
 from .base_quantizer import BaseQuantizer
-from .uniform import round_ste
+from .uniform import range_to_params, round_ste
 from .validation import UNIFORM_BITS, check_finite
-
-MIN_SCALE = 1e-8
 
 
 def token_fake_quant(x: Tensor, clip: Tensor, bits: int, feature_axis: int = -1) -> Tensor:
@@ -29,12 +27,10 @@ def token_fake_quant(x: Tensor, clip: Tensor, bits: int, feature_axis: int = -1)
     ``feature_axis`` and scaled by ``clip`` (broadcasts against ``x`` with a leading candidate
     axis: ``clip`` of shape ``(K, 1, ..., 1)`` gives ``K`` candidates). The rounding has a
     straight-through gradient; the range is differentiable."""
-    qmax = 2**bits - 1
-    lo = x.amin(dim=feature_axis, keepdim=True).clamp(max=0) * clip
-    hi = x.amax(dim=feature_axis, keepdim=True).clamp(min=0) * clip
-    scale = ((hi - lo) / qmax).clamp(min=MIN_SCALE)
-    zero_point = torch.round(-lo / scale)
-    codes = torch.clamp(round_ste(x / scale) + zero_point, 0, qmax)
+    lo = x.amin(dim=feature_axis, keepdim=True) * clip
+    hi = x.amax(dim=feature_axis, keepdim=True) * clip
+    scale, zero_point = range_to_params(lo, hi, bits)
+    codes = torch.clamp(round_ste(x / scale) + zero_point, 0, 2**bits - 1)
     return (codes - zero_point) * scale
 
 
