@@ -342,3 +342,36 @@ def test_integer_and_float_weight_scoring_choose_the_same_parameters(monkeypatch
     assert abs(s0 - s1) < 0.02, (s0, s1)
     assert ((scale1 - scale0).abs() / scale0.abs()).max() < 1e-3
     assert (zp0 == zp1).float().mean() >= 0.95
+
+
+def test_large_forward_log_fake_quant_runs_compiled_and_equals_eager(monkeypatch):
+    """A no-autograd AdaLog fake-quant of a large activation (a calibration pass, a fake-quant
+    evaluation) runs through the compiled kernel in one pass and gives exactly the eager
+    chain's values; small tensors and autograd stay eager."""
+    from mmq.quantizers import AdaLogQuantizer
+    from mmq.quantizers import fused_scores as fs
+    if not fs.compile_enabled():
+        pytest.skip('compiled kernels disabled (MMQ_COMPILE=0)')
+    g = torch.Generator().manual_seed(0)
+    x = F.gelu(torch.randn(3, 160, 200, generator=g).mul_(2))
+    assert x.numel() >= fs.FORWARD_MIN_ELEMENTS
+    q = AdaLogQuantizer(4, shift=GELU_SHIFT)
+    q.set_params(torch.tensor(53), torch.tensor(5.0))
+    q.eval()  # the deployed integer-table values
+    calls = []
+    run = fs._run
+    monkeypatch.setattr(fs, '_run', lambda eager, *a: calls.append(eager) or run(eager, *a))
+    with torch.no_grad():
+        fused = q(x)
+        small = q(x[0, :8])
+    assert len(calls) == 1  # the large tensor only
+    monkeypatch.setenv('MMQ_COMPILE', '0')
+    with torch.no_grad():
+        eager = q(x)
+    assert torch.equal(fused, eager)
+    assert torch.equal(small, eager[0, :8])
+    monkeypatch.delenv('MMQ_COMPILE')
+    y = x.clone().requires_grad_(True)
+    q.train()  # the differentiable (straight-through) paths, as reconstruction trains them
+    q(y).sum().backward()  # autograd keeps the eager path
+    assert len(calls) == 1 and y.grad is not None

@@ -21,6 +21,8 @@ from typing import Tuple, Union
 import torch
 from torch import Tensor
 
+from .fused_scores import fused_forward
+from .fused_scores import log_fake_quant as log_fake_quant_fused
 from .uniform import round_ste
 from .validation import LOG_BITS, check_bits, check_finite, check_positive
 
@@ -160,10 +162,15 @@ def fake_quant_log(x: Tensor, scale: Tensor, bits: int, q: QLike, r: int,
         if table:
             return _dequantize_table(codes, mask, scale, bits, q, r)
         return _dequantize_exact(codes, mask, scale, q, r)
+    values = log_levels(bits, q, r, table, x.dtype).to(x.device)
+    if values.shape[0] == 1 and fused_forward(x, scale):  # a large tensor: one fused pass
+        s = torch.as_tensor(scale, dtype=x.dtype, device=x.device).reshape(1, 1)
+        coef = -(r / torch.as_tensor(q, dtype=x.dtype, device=x.device)).reshape(1, 1)
+        return log_fake_quant_fused(x.reshape(1, -1), s, coef, values, 2**bits,
+                                    _TINY).reshape(x.shape)
     x_t = torch.clamp(x / scale, _TINY, 1.0)
     k = torch.log2(x_t).mul_(-(r / torch.as_tensor(q, dtype=x.dtype)))
     idx = k.round_().clamp_(max=2**bits).long()  # 2^b and beyond: past the range -> 0
-    values = log_levels(bits, q, r, table, x.dtype).to(x.device)
     if values.shape[0] == 1:
         out = values[0][idx]
     else:
