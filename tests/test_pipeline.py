@@ -252,3 +252,48 @@ def test_proj_reparam_on_shifted_padded_swin_windows_is_exact_and_saved(tmp_path
     again.load_state_dict(state)
     assert all(float(m.out_offset.abs().sum()) == 0 for m in again.modules()
                if hasattr(m, 'out_offset'))
+
+
+def test_layernorm_statistics_pass_stops_once_the_linears_have_their_inputs(swin_backbone):
+    """The LayerNorm-reparameterization pass only needs the inputs of the LayerNorm-fed
+    Linears: each item's forward stops at the last of them (fc1), so fc2 never runs, and the
+    per-channel ranges equal those of a full forward."""
+    from mmq.calibration.activation_store import ActivationStore
+    from mmq.calibration.block_calibration import _input_channel_ranges
+    from mmq.config.quant_config import QuantConfig
+    from mmq.models.adapters import build_units, layernorm_pairs
+    from mmq.models.transform import quantize_modules
+    model = copy.deepcopy(swin_backbone)
+    quantize_modules(model, QuantConfig.from_dict(FAST_QUANT))
+    units = build_units(model)
+    store = ActivationStore(2**30)
+    with torch.no_grad():
+        for x in _images(2):
+            store.append(units[0].run((x, )))
+    block = units[1]
+    linears = [lin for m in block.module.modules() for _, lin, _ in layernorm_pairs(m)]
+    assert linears[-1] is block.module.ffn.layers[0][0]  # fc1 comes last
+    fc2 = block.module.ffn.layers[1]
+    calls = []
+    handle = fc2.register_forward_pre_hook(lambda m, a: calls.append(1))
+    try:
+        with torch.no_grad():
+            ranges = _input_channel_ranges(block, store, linears)
+        assert calls == []  # the MLP after fc1 never ran
+        full = {}
+        hooks = [lin.register_forward_pre_hook(
+            lambda m, a: full.setdefault(id(m), []).append(a[0].reshape(-1, m.in_features)))
+            for lin in linears]
+        with torch.no_grad():
+            for item in store:
+                block.run(item)
+        for h in hooks:
+            h.remove()
+        assert len(calls) == 2  # a full forward does run it
+    finally:
+        handle.remove()
+        store.close()
+    for lin in linears:
+        rows = torch.cat(full[id(lin)])
+        assert torch.equal(ranges[id(lin)][0], rows.amin(0))
+        assert torch.equal(ranges[id(lin)][1], rows.amax(0))

@@ -1,5 +1,6 @@
 """Block-wise calibration: each unit's inputs are pushed through that unit a constant number
 of times (LayerNorm statistics, layer-input capture, quantized output), never once per layer.
+The LayerNorm statistics pass stops each item's forward at the last LayerNorm-fed Linear.
 """
 import math
 import time
@@ -63,13 +64,21 @@ def _searched_ranges(rows: torch.Tensor, bits: int) -> tuple:
     return -zp * scale, (2**bits - 1 - zp) * scale
 
 
+class _AllInputsSeen(Exception):
+    """Raised by an input hook once every layer of interest has seen the current item."""
+
+
 def _input_channel_ranges(unit: Unit, store: ActivationStore, layers: List[nn.Linear],
                           rows_per_item: int = 0,
                           generator: Optional[torch.Generator] = None
                           ) -> Dict[int, List[torch.Tensor]]:
     """``id(layer) -> [min, max]`` per input channel of each layer over one pass of
-    ``store``; with ``rows_per_item``, ``id(layer) -> [rows]`` (seeded samples) instead."""
+    ``store``; with ``rows_per_item``, ``id(layer) -> [rows]`` (seeded samples) instead.
+
+    Only the layers' inputs are needed, so each item's forward stops once every layer has
+    seen it (e.g. at fc1 of a block: the MLP, most of a block's cost, is not run)."""
     found: Dict[int, List[torch.Tensor]] = {}
+    wanted, seen = {id(layer) for layer in layers}, set()
 
     def hook(layer, args):
         x = args[0].detach().reshape(-1, layer.in_features)
@@ -80,10 +89,18 @@ def _input_channel_ranges(unit: Unit, store: ActivationStore, layers: List[nn.Li
             found[id(layer)] = [torch.minimum(lo, x.amin(0)), torch.maximum(hi, x.amax(0))]
         else:
             found[id(layer)] = [x.amin(0), x.amax(0)]
+        seen.add(id(layer))
+        if len(seen) == len(wanted):
+            raise _AllInputsSeen
 
     handles = [layer.register_forward_pre_hook(hook) for layer in layers]
     try:
-        _run_store(unit, store)()
+        for item in store:
+            seen.clear()
+            try:
+                unit.run(item)
+            except _AllInputsSeen:
+                pass
     finally:
         for h in handles:
             h.remove()
