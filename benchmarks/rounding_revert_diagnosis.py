@@ -60,12 +60,12 @@ class RoundingRecorder:
 
     def __init__(self) -> None:
         from mmq.quantizers.uniform_quantizer import UniformQuantizer
-        self.cls, self.orig, self.seen = UniformQuantizer, UniformQuantizer.set_rounding, []
-        recorder = self
+        orig, self.seen = UniformQuantizer.set_rounding, []
+        seen = self.seen
 
         def set_rounding(quantizer, rounding):
-            recorder.seen.append((quantizer, rounding.detach().clone()))
-            return recorder.orig(quantizer, rounding)
+            seen.append((quantizer, rounding.detach().clone()))
+            return orig(quantizer, rounding)
 
         UniformQuantizer.set_rounding = set_rounding
 
@@ -117,8 +117,7 @@ def main() -> None:
         for unit in report['units']:
             if 'loss_before' not in unit:
                 continue
-            layers = [v for k, v in flips.items() if k.startswith(unit['unit'] + '.')
-                      or k.startswith('backbone.' + unit['unit'] + '.')]
+            layers = [v for k, v in flips.items() if k.startswith(f"backbone.{unit['unit']}.")]
             share = sum(f for f, _ in layers) / max(1, len(layers))
             dist = sum(d for _, d in layers) / max(1, len(layers))
             print(f"| {name} | {unit['unit']} | {unit['loss_before']:.5g} | "
