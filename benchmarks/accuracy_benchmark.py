@@ -85,33 +85,46 @@ METHODS = {
        for role in ('ln_input', 'qk', 'v', 'post_softmax', 'proj_input', 'post_gelu', 'other')},
 }
 # Suffixes: '@detector' quantizes the FPN / RPN / RoI heads too (scope='detector'); '#sN'
-# draws the calibration images and row samples with seed N (rerun noise).
+# draws the calibration images and row samples with seed N (rerun noise); '#nN' calibrates
+# (and reconstructs) on N images instead of --num-images (e.g. '+rec#s1#n256').
+
+
+def split_suffixes(method: str):
+    """(method without '#' suffixes, seed or None, number of images or None)."""
+    head, *tails = method.split('#')
+    seed = num_images = None
+    for tail in tails:
+        if tail[:1] not in ('s', 'n') or not tail[1:].isdigit():
+            raise SystemExit(f'bad suffix #{tail} in {method!r}: use #sN (seed) or #nN (images)')
+        if tail[0] == 's':
+            seed = int(tail[1:])
+        else:
+            num_images = int(tail[1:])
+    return head, seed, num_images
 
 
 def split_method(method: str):
-    """(base method, scope, seed) of a method name with optional suffixes."""
-    seed = None
-    if '#s' in method:
-        method, _, tail = method.partition('#s')
-        seed = int(tail)
+    """(base method, scope, seed, number of images) of a method name with optional
+    suffixes."""
+    method, seed, num_images = split_suffixes(method)
     scope = 'backbone'
     if method.endswith('@detector'):
         method, scope = method[:-len('@detector')], 'detector'
     if method not in METHODS:
-        raise SystemExit(f'unknown method {method!r}; known: {list(METHODS)} (+ @detector, #sN)')
-    return method, scope, seed
+        raise SystemExit(f'unknown method {method!r}; known: {list(METHODS)} '
+                         '(+ @detector, #sN, #nN)')
+    return method, scope, seed, num_images
 
 
 def calibration_row(method: str) -> str:
     """The row whose ``stage_calibrate.pth`` a ``+rec`` row starts from: the same method without
-    ``+rec`` and what follows it, keeping the scope and seed suffixes
+    ``+rec`` and what follows it, keeping the scope, seed and image-count suffixes
     (``adalog-fpcs+rec@detector#s1`` -> ``adalog-fpcs@detector#s1``)."""
-    head, _, tail = method.partition('+rec')
+    name, _, _ = method.partition('#')
+    head, _, tail = name.partition('+rec')
     if '@detector' in tail:
         head += '@detector'
-    if '#s' in tail:
-        head += '#s' + tail.partition('#s')[2]
-    return head
+    return head + method[len(name):]
 
 
 def parse_args() -> argparse.Namespace:
@@ -133,16 +146,17 @@ def parse_args() -> argparse.Namespace:
 
 
 def _row_config(path: str, detector_cfg: str, bits: int, method: str, num_images: int) -> None:
-    base, scope, seed = split_method(method)
+    base, scope, seed, images = split_method(method)
+    num_images = images or num_images
     quant = dict(w_bits=bits, a_bits=bits, softmax='adalog', gelu='adalog', calibrator='fpcs',
                  scope=scope, **({} if seed is None else dict(seed=seed)))
     quant.update(METHODS[base])
     text = (f"_base_ = [{osp.join(ROOT, detector_cfg)!r},\n"
             f"          {osp.join(ROOT, 'configs/_base_/quant/w4a4_adalog.py')!r}]\n"
             f'quant_cfg = dict(_delete_=True, **{quant!r})\n')
-    if seed is not None:
+    if seed is not None or images is not None:
         text += (f"custom_hooks = [dict(type='mmq.QuantCalibrationHook', "
-                 f'num_images={num_images}, seed={seed})]\n')
+                 f'num_images={num_images}, seed={seed or 0})]\n')
     _write_if_changed(path, text)
 
 
@@ -308,7 +322,7 @@ def main() -> None:
             row_cfg = osp.join(work_dir, 'config.py')
             _row_config(row_cfg, cfg_file, bits, method, args.num_images)
             cmd = [py, 'tools/quantize.py', row_cfg, ckpt, '--work-dir', work_dir,
-                   '--num-images', str(args.num_images)]
+                   '--num-images', str(split_method(method)[3] or args.num_images)]
             if '+rec' in method:
                 # Same calibration as the row without '+rec': start from its saved stage.
                 base = osp.join(args.out, det, f'w{bits}a{bits}_{calibration_row(method)}',
