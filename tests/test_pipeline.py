@@ -297,3 +297,40 @@ def test_layernorm_statistics_pass_stops_once_the_linears_have_their_inputs(swin
         rows = torch.cat(full[id(lin)])
         assert torch.equal(ranges[id(lin)][0], rows.amin(0))
         assert torch.equal(ranges[id(lin)][1], rows.amax(0))
+
+
+def test_search_sample_size_does_not_grow_with_the_calibration_set():
+    """More images than ``search_rows`` / ``search_windows``: the search scores that many rows
+    and maps in all (from seeded items), not one per image, so its cost stays flat; with
+    fewer images every image gives ``ceil(total / images)``, as before."""
+    from mmq.calibration.block_calibration import capture_samples
+    from mmq.models.quant_linear import QuantLinear
+    from mmq.models.quant_matmul import QuantMatMul
+    from mmq.quantizers import UniformQuantizer
+    from mmq.utils import seeded_generator
+    lin = QuantLinear.from_float(torch.nn.Linear(8, 4), UniformQuantizer(4, ch_axis=0),
+                                 UniformQuantizer(4))
+    mm = QuantMatMul(UniformQuantizer(4), UniformQuantizer(4))
+    qcfg = mmq.QuantConfig(search_rows=16, search_windows=6)
+    g = torch.Generator().manual_seed(0)
+    items = [(torch.randn(1, 10, 8, generator=g), torch.randn(1, 2, 5, 3, generator=g),
+              torch.randn(1, 2, 3, 5, generator=g)) for _ in range(40)]
+
+    def sizes(num_items, seed=0):
+        def run_all():
+            for x, a, b in items[:num_items]:
+                lin(x)
+                mm(a, b)
+            return num_items
+        got = capture_samples([lin, mm], run_all, qcfg, seeded_generator(seed, 'calibrate'),
+                              num_items)
+        return got[id(lin)], got[id(mm)]
+
+    rows, (a, b) = sizes(40)
+    assert rows.shape == (16, 8) and a.shape[0] == b.shape[0] == 6
+    again, (a2, _) = sizes(40)
+    assert torch.equal(rows, again) and torch.equal(a, a2)  # seeded
+    other, _ = sizes(40, seed=1)
+    assert not torch.equal(rows, other)
+    rows, (a, b) = sizes(4)  # 4 rows of each item's 10, 2 maps of each item's 1 -> 1
+    assert rows.shape == (16, 8) and a.shape[0] == 4

@@ -137,20 +137,41 @@ def _attention_output_reparam(unit: Unit, store: ActivationStore, qcfg: QuantCon
     return 1
 
 
+def per_item_counts(total: int, num_items: int, generator: torch.Generator) -> List[int]:
+    """How many rows (or attention maps) each of ``num_items`` items gives a layer's search
+    sample so that it holds about ``total``: ``ceil(total / num_items)`` each while there are
+    no more items than ``total``; with more, one each from ``total`` seeded items, so the
+    search costs the same with 256 calibration images as with 32 (one per item would make the
+    sample, and the search time, grow with the calibration set)."""
+    if num_items <= total:
+        return [max(1, math.ceil(total / num_items))] * num_items
+    counts = [0] * num_items
+    for i in torch.randperm(num_items, generator=generator)[:total].tolist():
+        counts[i] = 1
+    return counts
+
+
 def capture_samples(layers: List[nn.Module], run_all: Callable[[], int], qcfg: QuantConfig,
                     generator: torch.Generator, num_items: int) -> Dict[int, object]:
-    """Seeded input samples of ``layers`` while ``run_all()`` feeds ``num_items`` items."""
-    rows = max(1, math.ceil(qcfg.search_rows / num_items))
-    outliers = int(round(rows * qcfg.search_outliers))
-    windows = max(1, math.ceil(qcfg.search_windows / num_items))
+    """Seeded input samples of ``layers`` while ``run_all()`` feeds ``num_items`` items:
+    about ``qcfg.search_rows`` rows per Linear / Conv and ``qcfg.search_windows`` maps per
+    matmul in all (:func:`per_item_counts`)."""
+    num_items = max(1, num_items)
+    rows = per_item_counts(qcfg.search_rows, num_items, generator)
+    windows = per_item_counts(qcfg.search_windows, num_items, generator)
     got: Dict[int, list] = {id(layer): [] for layer in layers}
+    calls: Dict[int, int] = {id(layer): 0 for layer in layers}
 
     def hook(layer, args):
+        k = calls[id(layer)] % num_items
+        calls[id(layer)] += 1
         if isinstance(layer, QuantMatMul):
-            got[id(layer)].append(
-                layer.sample_inputs(args, windows, generator, queries=qcfg.search_queries))
-        else:
-            got[id(layer)].append(layer.sample_inputs(args, rows, generator, outliers))
+            if windows[k]:
+                got[id(layer)].append(layer.sample_inputs(args, windows[k], generator,
+                                                          queries=qcfg.search_queries))
+        elif rows[k]:
+            outliers = int(round(rows[k] * qcfg.search_outliers))
+            got[id(layer)].append(layer.sample_inputs(args, rows[k], generator, outliers))
 
     handles = [layer.register_forward_pre_hook(hook) for layer in layers]
     try:
