@@ -329,6 +329,16 @@ def main() -> None:
                                 'stage_calibrate.pth')
                 if osp.isfile(base):
                     cmd += ['--resume-from', base]
+            elif '+' not in method:
+                # A calibrate-only row whose calibration a '+rec' row already made (same
+                # method, scope, seed and images): evaluate that stage instead of redoing it.
+                for other in sorted(os.listdir(osp.join(args.out, det))):
+                    prefix = f'w{bits}a{bits}_'
+                    stage = osp.join(args.out, det, other, 'stage_calibrate.pth')
+                    if (other.startswith(prefix) and '+rec' in other and osp.isfile(stage)
+                            and calibration_row(other[len(prefix):]) == method):
+                        cmd += ['--resume-from', stage]
+                        break
         row = _row(det, bits, method, _run(cmd, work_dir, label, args.force, checkpoint_keys[det]))
         print(f"{label}: box AP {row['bbox_mAP']:.3f}, mask AP {row['segm_mAP']:.3f}",
               flush=True)
