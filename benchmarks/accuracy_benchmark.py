@@ -145,7 +145,8 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
-def _row_config(path: str, detector_cfg: str, bits: int, method: str, num_images: int) -> None:
+def _row_config(path: str, detector_cfg: str, bits: int, method: str, num_images: int) -> int:
+    """Write the row's config; returns its number of calibration images."""
     base, scope, seed, images = split_method(method)
     num_images = images or num_images
     quant = dict(w_bits=bits, a_bits=bits, softmax='adalog', gelu='adalog', calibrator='fpcs',
@@ -158,6 +159,7 @@ def _row_config(path: str, detector_cfg: str, bits: int, method: str, num_images
         text += (f"custom_hooks = [dict(type='mmq.QuantCalibrationHook', "
                  f'num_images={num_images}, seed={seed or 0})]\n')
     _write_if_changed(path, text)
+    return num_images
 
 
 def _write_if_changed(path: str, text: str) -> bool:
@@ -320,9 +322,9 @@ def main() -> None:
             cmd = [py, 'tools/test.py', cfg_file, ckpt, '--work-dir', work_dir]
         else:
             row_cfg = osp.join(work_dir, 'config.py')
-            _row_config(row_cfg, cfg_file, bits, method, args.num_images)
+            images = _row_config(row_cfg, cfg_file, bits, method, args.num_images)
             cmd = [py, 'tools/quantize.py', row_cfg, ckpt, '--work-dir', work_dir,
-                   '--num-images', str(split_method(method)[3] or args.num_images)]
+                   '--num-images', str(images)]
             if '+rec' in method:
                 # Same calibration as the row without '+rec': start from its saved stage.
                 base = osp.join(args.out, det, f'w{bits}a{bits}_{calibration_row(method)}',
@@ -332,8 +334,8 @@ def main() -> None:
             elif '+' not in method:
                 # A calibrate-only row whose calibration a '+rec' row already made (same
                 # method, scope, seed and images): evaluate that stage instead of redoing it.
+                prefix = f'w{bits}a{bits}_'
                 for other in sorted(os.listdir(osp.join(args.out, det))):
-                    prefix = f'w{bits}a{bits}_'
                     stage = osp.join(args.out, det, other, 'stage_calibrate.pth')
                     if (other.startswith(prefix) and '+rec' in other and osp.isfile(stage)
                             and calibration_row(other[len(prefix):]) == method):
