@@ -8,8 +8,10 @@ Every row is one ``tools/quantize.py`` run (``tools/test.py`` for float) in its 
 and work dir, so peak memory is per row; a row whose ``metrics.json`` exists for the same
 command and checkpoint (sha256) is not run again (an interrupted benchmark continues where
 it stopped). A ``+rec`` row starts from the ``stage_calibrate.pth`` of the same row
-without ``+rec`` (the same calibration and MR), so its time is the reconstruction stage
-alone. Writes ``accuracy.json``, ``accuracy.md`` and ``accuracy.png`` to ``--out``.
+without ``+rec`` (the same calibration and MR), or of another ``+rec`` row made from it, so
+its time is the reconstruction stage alone; a calibrate-only row evaluates such a saved stage
+instead of calibrating again. Writes ``accuracy.json``, ``accuracy.md`` and ``accuracy.png``
+to ``--out``.
 """
 import argparse
 import fcntl
@@ -160,6 +162,21 @@ def _row_config(path: str, detector_cfg: str, bits: int, method: str, num_images
                  f'num_images={num_images}, seed={seed or 0})]\n')
     _write_if_changed(path, text)
     return num_images
+
+
+def _calibrated_stage(det_dir: str, prefix: str, calibration: str, row: str):
+    """The ``stage_calibrate.pth`` of a row made from the calibration ``calibration`` (same
+    method, MR, scope, seed and images), never ``row``'s own: the calibrate-only row's, else
+    that of a ``+rec`` row started from it; None if none has been saved."""
+    own = osp.join(det_dir, prefix + calibration, 'stage_calibrate.pth')
+    if prefix + calibration != row and osp.isfile(own):
+        return own
+    for other in sorted(os.listdir(det_dir)) if osp.isdir(det_dir) else []:
+        stage = osp.join(det_dir, other, 'stage_calibrate.pth')
+        if (other.startswith(prefix) and other != row and '+rec' in other
+                and osp.isfile(stage) and calibration_row(other[len(prefix):]) == calibration):
+            return stage
+    return None
 
 
 def _write_if_changed(path: str, text: str) -> bool:
@@ -325,22 +342,12 @@ def main() -> None:
             images = _row_config(row_cfg, cfg_file, bits, method, args.num_images)
             cmd = [py, 'tools/quantize.py', row_cfg, ckpt, '--work-dir', work_dir,
                    '--num-images', str(images)]
-            if '+rec' in method:
-                # Same calibration as the row without '+rec': start from its saved stage.
-                base = osp.join(args.out, det, f'w{bits}a{bits}_{calibration_row(method)}',
-                                'stage_calibrate.pth')
-                if osp.isfile(base):
-                    cmd += ['--resume-from', base]
-            elif '+' not in method:
-                # A calibrate-only row whose calibration a '+rec' row already made (same
-                # method, scope, seed and images): evaluate that stage instead of redoing it.
-                prefix = f'w{bits}a{bits}_'
-                for other in sorted(os.listdir(osp.join(args.out, det))):
-                    stage = osp.join(args.out, det, other, 'stage_calibrate.pth')
-                    if (other.startswith(prefix) and '+rec' in other and osp.isfile(stage)
-                            and calibration_row(other[len(prefix):]) == method):
-                        cmd += ['--resume-from', stage]
-                        break
+            if '+rec' in method or '+' not in method:
+                # Same calibration (and MR) as another row: start from its saved stage.
+                stage = _calibrated_stage(osp.join(args.out, det), f'w{bits}a{bits}_',
+                                          calibration_row(method), name)
+                if stage is not None:
+                    cmd += ['--resume-from', stage]
         row = _row(det, bits, method, _run(cmd, work_dir, label, args.force, checkpoint_keys[det]))
         print(f"{label}: box AP {row['bbox_mAP']:.3f}, mask AP {row['segm_mAP']:.3f}",
               flush=True)
