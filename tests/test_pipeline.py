@@ -2,6 +2,7 @@
 import copy
 import json
 import os.path as osp
+from unittest.mock import patch
 
 import numpy as np
 import pytest
@@ -164,6 +165,22 @@ def test_hook_requires_a_checkpoint(shapes_data, tmp_path):
     runner = Runner.from_cfg(cfg)
     with pytest.raises(ValueError, match='no float checkpoint'):
         runner.test()
+
+
+def test_hook_says_when_the_dataset_has_fewer_images_than_asked(shapes_data, tmp_path):
+    from mmq.hooks import QuantCalibrationHook
+    cfg = swin_config(shapes_data, str(tmp_path / 'w'), FAST_QUANT, tmp_path)
+    runner = Runner.from_cfg(cfg)
+    size = len(runner.train_dataloader.dataset)
+    hook = QuantCalibrationHook(num_images=size + 5)
+    with patch.object(runner.logger, 'warning') as warning:
+        loader = hook.calibration_loader(runner)
+    assert len(loader) == size
+    assert any(f'num_images={size + 5}' in str(c) and f'has {size} images' in str(c)
+               for c in warning.call_args_list)
+    with patch.object(runner.logger, 'warning') as warning:
+        assert len(QuantCalibrationHook(num_images=2).calibration_loader(runner)) == 2
+    assert not warning.called
 
 
 def test_activation_spill_to_disk_gives_identical_results(tmp_path):

@@ -117,6 +117,11 @@ class QuantCalibrationHook(Hook):
                              'ann_file / filter_cfg.')
         g = seeded_generator(self.seed, 'images')
         count = min(self.num_images, len(dataset))
+        if count < self.num_images:
+            runner.logger.warning(
+                f'[mmq] num_images={self.num_images} but the calibration dataset ({where}) has '
+                f'{count} images: calibrating on all {count}. Lower num_images (or '
+                '--num-images) to silence this, or point the dataset at more images.')
         indices = torch.randperm(len(dataset), generator=g)[:count].tolist()
         return DataLoader(Subset(dataset, indices), batch_size=1, shuffle=False,
                           num_workers=0, collate_fn=pseudo_collate)
