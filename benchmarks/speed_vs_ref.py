@@ -1,17 +1,19 @@
 """Calibration speed of this tree against an earlier git ref, in one benchmark run.
 
     python benchmarks/speed_vs_ref.py [--ref f84a052] [--images 32] [--height 800 --width 1333]
-                                      [--threads 2] [--config ...] [--out ...]
+                                      [--threads 2] [--config ...] [--checkpoint ...]
+                                      [--out ...]
 
 By default the stock Swin-T Mask R-CNN backbone
 (``mmdet::swin/mask-rcnn_swin-t-p4-w7_fpn_1x_coco.py``, seeded random weights built once and
-handed to both runs), generated shapes images, W4A4
-AdaLog + FPCS, 1 round, default search budget. The ref's ``mmq`` package is extracted with
-``git archive`` to a temporary folder and imported from there (``PYTHONPATH`` comes before the
-editable install); each side runs in its own process, one after the other, with the same
-thread count. Prints the wall time of each, their ratio, and each unit's output SQNR on both
-sides (the calibration report's ``output_sqnr_db``: the mean over the first images of the
-unit's quantized-vs-float output SQNR, same definition in both trees).
+handed to both runs; ``--checkpoint`` hands them a trained detector's weights instead),
+generated shapes images, W4A4 AdaLog + FPCS, 1 round, default search budget. The ref's
+``mmq`` package is extracted with ``git archive`` to a temporary folder and imported from
+there (``PYTHONPATH`` comes before the editable install); each side runs in its own
+process, one after the other, with the same thread count. Prints the wall time of each, their
+ratio, and each unit's output SQNR on both sides (the calibration report's
+``output_sqnr_db``: the mean over the first images of the unit's quantized-vs-float output
+SQNR, same definition in both trees).
 
 The default ref is the main of 2026-11-27 (``f84a052``), the code the calibration-speed issue
 measured (494 s for 32 images at 800x1333 on this machine).
@@ -65,14 +67,19 @@ def child(args: argparse.Namespace) -> None:
 
 
 def prepare(data: str, args: argparse.Namespace) -> None:
-    """The shared inputs: seeded random detector weights and preprocessed images."""
+    """The shared inputs: the detector weights (seeded random, or ``--checkpoint``'s) and
+    preprocessed images."""
     import torch
 
     from mmq.config.detector_config import build_detector
+    from mmq.float_checkpoint import load_checkpoint_without_code
     sys.path.insert(0, osp.join(ROOT, 'benchmarks'))
     from calibration_benchmark import load_images
     torch.manual_seed(0)
     model = build_detector(args.config)
+    if args.checkpoint:
+        ckpt, _ = load_checkpoint_without_code(args.checkpoint)
+        model.load_state_dict(ckpt.get('state_dict', ckpt))  # strict: the config's model
     torch.save(model.state_dict(), osp.join(data, 'model.pth'))
     images = load_images(osp.join(data, 'shapes'), args.images, args.height, args.width)
     torch.save(images, osp.join(data, 'images.pth'))
@@ -101,6 +108,8 @@ def main() -> None:
     parser.add_argument('--ref', default='f84a052')
     parser.add_argument('--config', default=STOCK, help='detector config (its backbone is '
                         'calibrated; both trees must be able to build it)')
+    parser.add_argument('--checkpoint', help='detector weights to calibrate (default: seeded '
+                        'random weights)')
     parser.add_argument('--images', type=int, default=32)
     parser.add_argument('--height', type=int, default=800)
     parser.add_argument('--width', type=int, default=1333)
@@ -147,7 +156,8 @@ def main() -> None:
     with open(args.out, 'w') as f:
         json.dump(dict(ref=args.ref, ref_result=ref, result=new, speed_up=ratio,
                        images=args.images, input=f'{args.height}x{args.width}',
-                       threads=args.threads, max_sqnr_diff_db=worst), f, indent=1)
+                       threads=args.threads, config=args.config, checkpoint=args.checkpoint,
+                       max_sqnr_diff_db=worst), f, indent=1)
 
 
 if __name__ == '__main__':
