@@ -83,6 +83,9 @@ METHODS = {
                                       stages=['calibrate', 'reconstruct'], reconstruct=REC_DEMO),
     'adalog-fpcs-tokens+rec': dict(token_roles=TOKENS, stages=['calibrate', 'reconstruct'],
                                    reconstruct=REC_DEMO),
+    'adalog-fpcs-tokens+rec-long': dict(token_roles=TOKENS, stages=['calibrate', 'reconstruct'],
+                                        reconstruct=dict(REC_DEMO, iters=900,
+                                                         round_lr=0.1 / 3)),
     **{f'adalog-fpcs-{role}8': dict(role_bits={role: 8})
        for role in ('ln_input', 'qk', 'v', 'post_softmax', 'proj_input', 'post_gelu', 'other')},
 }
