@@ -40,6 +40,8 @@ def test_detector_config_loads_and_builds(path):
     model = MODELS.build(cfg.model)
     assert model.backbone is not None and hasattr(model, 'roi_head')
     hooks = [h for h in cfg.get('custom_hooks', []) if h.get('type') == HOOK]
+    if hooks and osp.sep + 'demo' + osp.sep in path:
+        assert hooks[0]['num_images'] == 32  # the demos stay CPU-sized (APHQ presets: 256)
     if 'quant_cfg' in cfg:
         assert hooks, f'{path} has a quant_cfg but no {HOOK}'
         qcfg = prepare(model, cfg.quant_cfg)  # the quantized structure builds too
@@ -64,5 +66,9 @@ def test_quant_preset_parses(path):
         assert qcfg.calibrator == 'percentile'
     else:
         assert (qcfg.calibrator, qcfg.softmax, qcfg.gelu) == ('fpcs', 'adalog', 'adalog')
+    images = cfg.custom_hooks[0]['num_images']
     if 'aphq' in name:
         assert qcfg.stages == ['mr', 'calibrate', 'reconstruct']
+        assert images == 256  # the published detection count for reconstruction
+    else:
+        assert images == 32

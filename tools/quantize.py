@@ -35,7 +35,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument('--resume-from', help='start from a saved stage result '
                         '(WORK_DIR/stage_<name>.pth of an earlier run) and run the stages after '
                         'it')
-    parser.add_argument('--num-images', type=int, help='calibration images (default 32)')
+    parser.add_argument('--num-images', type=int,
+                        help="calibration images (default: the config's hook: 32 in the "
+                        'presets, 256 in the APHQ ones)')
     parser.add_argument('--calib-on-eval-set', action='store_true',
                         help='calibrate on the evaluation set (not recommended)')
     parser.add_argument('--show-dir', help='save drawn predictions here (mmdet visualizer)')
