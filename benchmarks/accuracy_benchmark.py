@@ -38,6 +38,8 @@ MR_DEMO = dict(iters=100, batch=512, rows=4096, lr=1e-3, aph_images=8)
 # Rounding variables move at most ~round_lr per Adam step: published 1e-3 x 20,000 steps; the
 # short schedule keeps the product (300 x 0.1 = 30) so that every h(V) settles at 0 or 1.
 REC_DEMO = dict(iters=300, batch=2, lr=4e-5, round_lr=0.1, aph_images=8)
+# Three times the demo steps at the same round_lr x iters product (30).
+REC_LONG = dict(REC_DEMO, iters=900, round_lr=0.1 / 3)
 UNIFORM = dict(softmax='uniform', gelu='uniform')
 TOKENS = ['ln_input', 'proj_input', 'qk']
 METHODS = {
@@ -52,8 +54,7 @@ METHODS = {
                                      reconstruct=dict(REC_DEMO, learn_log_scales=True)),
     # Three times the demo reconstruction steps (same round_lr x iters product): does the short
     # schedule limit the W4A4 result?
-    'adalog-fpcs+rec-long': dict(stages=['calibrate', 'reconstruct'],
-                                 reconstruct=dict(REC_DEMO, iters=900, round_lr=0.1 / 3)),
+    'adalog-fpcs+rec-long': dict(stages=['calibrate', 'reconstruct'], reconstruct=REC_LONG),
     # Activation ablation (issue: which 4-bit activation role costs most): 8-bit weights, or
     # one activation role at 8 bits.
     'adalog-fpcs-w8': dict(w_bits=8),
@@ -84,8 +85,7 @@ METHODS = {
     'adalog-fpcs-tokens+rec': dict(token_roles=TOKENS, stages=['calibrate', 'reconstruct'],
                                    reconstruct=REC_DEMO),
     'adalog-fpcs-tokens+rec-long': dict(token_roles=TOKENS, stages=['calibrate', 'reconstruct'],
-                                        reconstruct=dict(REC_DEMO, iters=900,
-                                                         round_lr=0.1 / 3)),
+                                        reconstruct=REC_LONG),
     **{f'adalog-fpcs-{role}8': dict(role_bits={role: 8})
        for role in ('ln_input', 'qk', 'v', 'post_softmax', 'proj_input', 'post_gelu', 'other')},
 }
