@@ -65,6 +65,20 @@ def _mr_loss(mlp: MLPParts, x: Tensor, target: Tensor, h: Tensor, ub: float,
     return direct + clamp_weight * clamped
 
 
+@torch.no_grad()
+def _fit_fc2(mlp: MLPParts, x: Tensor, target: Tensor, ridge: float = 1e-4) -> None:
+    """fc2 <- the ridge least-squares fit of ``target`` on the ReLU hidden rows of ``x``
+    (a start for training that already absorbs the mean GELU / ReLU difference)."""
+    hidden = F.relu(mlp.fc1(x)).double()
+    feats = torch.cat([hidden, hidden.new_ones(hidden.shape[0], 1)], 1)
+    gram = feats.T @ feats
+    gram.diagonal().add_(ridge * float(gram.diagonal().mean()))
+    sol = torch.linalg.solve(gram, feats.T @ target.double())  # (hidden + 1, out)
+    mlp.fc2.weight.copy_(sol[:-1].T.to(mlp.fc2.weight.dtype))
+    if mlp.fc2.bias is not None:
+        mlp.fc2.bias.copy_(sol[-1].to(mlp.fc2.bias.dtype))
+
+
 def _flat_outputs(out) -> Tensor:
     if torch.is_tensor(out):
         return out.flatten()
@@ -120,6 +134,8 @@ def mlp_reconstruction(model: nn.Module, backbone: nn.Module, forward: Callable,
             if pos_vals.numel() > 2**22:
                 pos_vals = pos_vals[torch.randperm(pos_vals.numel(), generator=generator)[:2**22]]
             ub = float(pos_vals.quantile(opts.percentile)) if pos_vals.numel() else 0.0
+            if opts.fc2_init == 'lstsq':
+                _fit_fc2(mlp, x, target)
         params = [p for lin in (mlp.fc1, mlp.fc2) for p in lin.parameters()]
         optimizer = torch.optim.Adam(params, lr=opts.lr)
         schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, opts.iters)

@@ -23,6 +23,9 @@ class MROptions:
         eps: APH perturbation (``None``: 1e-3 for detectors, 1e-6 for classifiers).
         aph_images: Calibration batches the APH importance is averaged over (``None``: all;
             fewer saves two model passes per MLP per batch).
+        fc2_init: ``'lstsq'`` starts each fc2 from the ridge least-squares fit of the GELU
+            MLP's output on the ReLU hidden activations of the sampled rows (beyond the
+            published method, which starts from the GELU weights); ``'none'``: published.
     """
     iters: int = 1000
     batch: int = 1024
@@ -32,6 +35,7 @@ class MROptions:
     clamp_weight: float = 2.0
     eps: Optional[float] = None
     aph_images: Optional[int] = None
+    fc2_init: str = 'none'
 
 
 @dataclass
@@ -91,6 +95,9 @@ def build_options(cls, cfg: Optional[dict], key: str):
             raise ValueError(f'quant_cfg.{key}.{f.name}={v!r} must be positive.')
         if f.name in ('percentile', 'drop_prob', 'warmup') and not 0 <= v <= 1:
             raise ValueError(f'quant_cfg.{key}.{f.name}={v!r} must be in [0, 1].')
+        if f.name == 'fc2_init' and v not in ('none', 'lstsq'):
+            raise ValueError(f"quant_cfg.{key}.fc2_init={v!r} must be 'none' (published: "
+                             "start from the GELU weights) or 'lstsq'.")
     return opts
 
 
