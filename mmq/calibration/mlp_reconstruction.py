@@ -33,14 +33,9 @@ def apply_relu(model: nn.Module) -> int:
     return len(mlps)
 
 
-class _Captured(Exception):
-    """Stops a forward pass once the only MLP asked for has its input."""
-
-
 def _capture_mlp_inputs(mlps: List[MLPParts], forward: Callable, images: List[Tensor],
                         rows: int, generator: torch.Generator):
-    """Seeded token rows of every MLP's input, with each row's token position (for a single
-    MLP the passes stop at it)."""
+    """Seeded token rows of every MLP's input, with each row's token position."""
     per_image = max(1, math.ceil(rows / len(images)))
     got: Dict[int, list] = {id(m.module): [] for m in mlps}
 
@@ -50,17 +45,12 @@ def _capture_mlp_inputs(mlps: List[MLPParts], forward: Callable, images: List[Te
         flat = tokens.reshape(-1, x.shape[-1])
         idx = torch.randperm(flat.shape[0], generator=generator)[:per_image]
         got[id(module)].append((flat[idx], idx % tokens.shape[1]))
-        if len(mlps) == 1:
-            raise _Captured
 
     handles = [m.module.register_forward_pre_hook(hook) for m in mlps]
     try:
         with torch.no_grad():
             for img in images:
-                try:
-                    forward(img)
-                except _Captured:
-                    pass
+                forward(img)
     finally:
         for h in handles:
             h.remove()
@@ -125,18 +115,14 @@ def mlp_reconstruction(model: nn.Module, backbone: nn.Module, forward: Callable,
     model.eval()
     with torch.no_grad():
         reference = [_flat_outputs(forward(img)) for img in images[:2]]
-    sequential = opts.inputs == 'sequential'
-    samples = [None] * len(mlps) if sequential else _capture_mlp_inputs(
-        mlps, forward, images, opts.rows, generator)
+    samples = _capture_mlp_inputs(mlps, forward, images, opts.rows, generator)
     hs = aph_importance(forward, task_loss, images[:opts.aph_images], [m.module for m in mlps],
                         eps, model)
     for m in mlps:
         m.set_act(nn.ReLU())
     reports = []
-    for k, (mlp, sample, h) in enumerate(zip(mlps, samples, hs)):
+    for k, (mlp, (x, pos), h) in enumerate(zip(mlps, samples, hs)):
         t0 = time.perf_counter()
-        # 'sequential': the inputs the model with the earlier MLPs reconstructed gives it
-        x, pos = sample or _capture_mlp_inputs([mlp], forward, images, opts.rows, generator)[0]
         if isinstance(h, ImportanceMaps):  # rows of images of several sizes: channels only
             h = h.channel_mean()
         h_rows = rms_normalise(h)

@@ -26,10 +26,6 @@ class MROptions:
         fc2_init: ``'lstsq'`` starts each fc2 from the ridge least-squares fit of the GELU
             MLP's output on the ReLU hidden activations of the sampled rows (beyond the
             published method, which starts from the GELU weights); ``'none'``: published.
-        inputs: ``'float'`` (published): every MLP is fitted on the float model's MLP inputs;
-            ``'sequential'``: MLP k on the inputs of the model whose MLPs before k are
-            already reconstructed (one more pass per MLP, stopped at it), towards the GELU
-            MLP's output on those inputs.
     """
     iters: int = 1000
     batch: int = 1024
@@ -40,7 +36,6 @@ class MROptions:
     eps: Optional[float] = None
     aph_images: Optional[int] = None
     fc2_init: str = 'none'
-    inputs: str = 'float'
 
 
 @dataclass
@@ -103,9 +98,6 @@ def build_options(cls, cfg: Optional[dict], key: str):
         if f.name == 'fc2_init' and v not in ('none', 'lstsq'):
             raise ValueError(f"quant_cfg.{key}.fc2_init={v!r} must be 'none' (published: "
                              "start from the GELU weights) or 'lstsq'.")
-        if f.name == 'inputs' and v not in ('float', 'sequential'):
-            raise ValueError(f"quant_cfg.{key}.inputs={v!r} must be 'float' (published) or "
-                             "'sequential'.")
     return opts
 
 
