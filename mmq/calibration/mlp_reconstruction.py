@@ -66,10 +66,11 @@ def _mr_loss(mlp: MLPParts, x: Tensor, target: Tensor, h: Tensor, ub: float,
 
 
 @torch.no_grad()
-def _fit_fc2(mlp: MLPParts, x: Tensor, target: Tensor, ridge: float = 1e-4) -> None:
-    """fc2 <- the ridge least-squares fit of ``target`` on the ReLU hidden rows of ``x``
-    (a start for training that already absorbs the mean GELU / ReLU difference)."""
-    hidden = F.relu(mlp.fc1(x)).double()
+def _fit_fc2(mlp: MLPParts, pre: Tensor, target: Tensor, ridge: float = 1e-4) -> None:
+    """fc2 <- the ridge least-squares fit of ``target`` on the ReLU hidden rows ``relu(pre)``
+    (``pre``: fc1's output; a start for training that already absorbs the mean GELU / ReLU
+    difference)."""
+    hidden = F.relu(pre).double()
     feats = torch.cat([hidden, hidden.new_ones(hidden.shape[0], 1)], 1)
     gram = feats.T @ feats
     gram.diagonal().add_(ridge * float(gram.diagonal().mean()))
@@ -128,14 +129,15 @@ def mlp_reconstruction(model: nn.Module, backbone: nn.Module, forward: Callable,
         h_rows = rms_normalise(h)
         h_rows = h_rows[pos] if h_rows.dim() == 2 else h_rows.expand(x.shape[0], -1)
         with torch.no_grad():
-            gelu_out = F.gelu(mlp.fc1(x))
+            pre = mlp.fc1(x)
+            gelu_out = F.gelu(pre)
             target = mlp.fc2(gelu_out)
             pos_vals = gelu_out[gelu_out > 0]
             if pos_vals.numel() > 2**22:
                 pos_vals = pos_vals[torch.randperm(pos_vals.numel(), generator=generator)[:2**22]]
             ub = float(pos_vals.quantile(opts.percentile)) if pos_vals.numel() else 0.0
             if opts.fc2_init == 'lstsq':
-                _fit_fc2(mlp, x, target)
+                _fit_fc2(mlp, pre, target)
         params = [p for lin in (mlp.fc1, mlp.fc2) for p in lin.parameters()]
         optimizer = torch.optim.Adam(params, lr=opts.lr)
         schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, opts.iters)
