@@ -163,6 +163,33 @@ def test_fused_log_scoring_matches_fake_quant_log_and_compiles_to_the_same_choic
     torch.testing.assert_close(fused.loss, eager.loss, rtol=1e-5, atol=1e-12)
 
 
+def test_fused_log_self_mse_equals_the_unfused_score_and_choice():
+    """A log quantizer's self-MSE is scored in one fused pass per candidate
+    (log_self_mse: Q(x + c) - (x + c), no (K, N) intermediates); its losses equal the
+    fake-quant-then-SelfMSE ones up to float rounding, and the search picks the same base
+    and scale as when the same self-MSE is handed over as a plain callable (unfused)."""
+    from mmq.quantizers.fused_scores import log_fake_quant_eager, log_self_mse
+    from mmq.quantizers.log_quant import _TINY, log_levels
+    from mmq.quantizers.objectives import self_mse
+    g = torch.Generator().manual_seed(4)
+    x = F.gelu(torch.randn(64, 96, generator=g) * 2)
+    q = torch.tensor([12., 37., 90.]).reshape(3, 1)
+    scale = torch.tensor([1.5, 3.0, 6.0]).reshape(3, 1)
+    shifted = x.reshape(1, -1) + GELU_SHIFT
+    values = log_levels(4, q.flatten(), ADALOG_R, True)
+    unfused = self_mse(x)(log_fake_quant_eager(shifted, scale, -(ADALOG_R / q), values, 16,
+                                               _TINY).reshape(3, *x.shape) - GELU_SHIFT)
+    torch.testing.assert_close(log_self_mse(shifted, scale, -(ADALOG_R / q), values, 16, _TINY),
+                               unfused, rtol=1e-5, atol=1e-9)
+    bases = torch.arange(10, 138)
+    objective = self_mse(x)
+    fused = fpcs_log(x, 4, bases, ADALOG_R, objective, shift=GELU_SHIFT)
+    plain = fpcs_log(x, 4, bases, ADALOG_R, lambda xq: objective(xq), shift=GELU_SHIFT)
+    assert fused.params[0, 0] == plain.params[0, 0]
+    assert abs(float(fused.params[0, 1] / plain.params[0, 1]) - 1) <= 1e-3
+    torch.testing.assert_close(fused.loss, plain.loss, rtol=1e-5, atol=1e-12)
+
+
 def test_gram_objectives_equal_the_direct_output_mse():
     """InputGramMSE (a Linear's input, per tensor; q of q @ k^T, per head) and LinearWeightMSE
     (per output channel) give the direct output MSE's losses up to float rounding."""
@@ -289,54 +316,110 @@ def test_compiled_kernels_keep_compiling_past_dynamo_recompile_limit(monkeypatch
     assert not any('recompile limit' in str(k) for k in counters['unimplemented'])
 
 
-def test_integer_weight_scoring_matches_the_float_output_mse():
-    """Linear weight candidates scored from exact int8 products (IntegerLinearWeightMSE)
-    give the float output MSE up to float rounding; an input that is not integer codes
-    times one scale (e.g. a log quantizer's) gets no integer objective."""
-    from mmq.quantizers.fused_scores import uniform_fake_quant
-    from mmq.quantizers.objectives import IntegerLinearWeightMSE, output_mse
+def _integer_candidates(x, axis, k, g):
+    """``k`` uniform 4-bit candidates of ``x`` grouped along ``axis``: int8 codes, the
+    fake-quantized tensors and the scales ``(k, groups)``."""
+    from mmq.quantizers.fused_scores import canonical_groups, uniform_codes, uniform_fake_quant
+    xc = canonical_groups(x, axis)
+    groups = xc.shape[2]
+    scale = x.abs().max() / 7 * (0.5 + torch.rand(k, 1, groups, 1, generator=g))
+    zp = torch.randint(5, 10, (k, 1, groups, 1), generator=g).float()
+    return (uniform_codes(xc, scale, zp, 15.0).reshape(k, *x.shape),
+            uniform_fake_quant(xc, scale, zp, 15.0).reshape(k, *x.shape),
+            scale.reshape(k, groups))
+
+
+def test_integer_product_scoring_matches_the_float_output_mse():
+    """Candidates of either operand of a Linear (weights per output channel, inputs per
+    tensor) or of a batched matmul (per tensor, per head) scored from exact int8 products
+    (IntegerProductMSE) give the float output MSE up to float rounding; a fixed operand
+    that is not int8 codes times a scale constant along the summed dim (e.g. a log
+    quantizer's), or candidates grouped along the summed dim, get no integer objective."""
+    from mmq.quantizers.objectives import IntegerProductMSE, output_mse
     g = torch.Generator().manual_seed(0)
-    a_scale = torch.tensor(0.07)
+
+    def linear(a, b):
+        return torch.matmul(a, b.transpose(-1, -2))
+
+    def check(fixed_q, fixed_s, which, is_linear, cand, axis, ref, op, out_axis):
+        objective = IntegerProductMSE.from_quantized(fixed_q, fixed_s, which, is_linear,
+                                                     tuple(cand.shape), axis, ref, op)
+        assert objective is not None and objective.accepts(cand, axis)
+        codes, cand_q, scale = _integer_candidates(cand, axis, 5, g)
+        forward = ((lambda xq: op(xq, fixed_q)) if which == 'a'
+                   else (lambda xq: op(fixed_q, xq)))
+        expected = output_mse(forward, ref, out_axis)(cand_q)
+        torch.testing.assert_close(objective.score_codes(codes, scale), expected,
+                                   rtol=1e-5, atol=1e-7)
+        torch.testing.assert_close(objective(cand_q), expected, rtol=1e-5, atol=1e-7)
+
+    # Linear weights (per output channel or per tensor) against an integer-coded input.
+    a_scale = torch.tensor([[0.07]])
     a_q = torch.randint(-3, 13, (64, 24), generator=g).float() * a_scale
     w = torch.randn(40, 24, generator=g) * 0.3
     ref = torch.randn(64, 24, generator=g) @ w.t()
-    objective = IntegerLinearWeightMSE.from_quantized(a_q, a_scale, ref)
-    assert objective is not None
-    scale = (0.02 + 0.05 * torch.rand(5, 1, 40, 1, generator=g))
-    zp = torch.randint(4, 12, (5, 1, 40, 1), generator=g).float()
-    wc = w.reshape(1, 1, 40, 24)
-    codes = torch.clamp(torch.round(wc / scale), -zp, 15 - zp).to(torch.int8).reshape(5, 40, 24)
-    wq = uniform_fake_quant(wc, scale, zp, 15.0).reshape(5, 40, 24)
-    expected = output_mse(lambda xq: torch.matmul(a_q, xq.transpose(-1, -2)), ref, -1)(wq)
-    got = objective.score_codes(codes, scale.reshape(5, 40))
-    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-7)
-    torch.testing.assert_close(objective(wq), expected, rtol=1e-5, atol=1e-7)
-    assert IntegerLinearWeightMSE.from_quantized(a_q + 1e-3, a_scale, ref) is None
-    assert IntegerLinearWeightMSE.from_quantized(a_q * 20, a_scale, ref) is None  # > int8
+    check(a_q, a_scale, 'b', True, w, 0, ref, linear, -1)
+    check(a_q, a_scale, 'b', True, w, None, ref, linear, None)
+    # Linear inputs against per-output-channel integer-coded weights.
+    w_scale = 0.01 + 0.05 * torch.rand(40, 1, generator=g)
+    w_q = torch.randint(-7, 8, (40, 24), generator=g).float() * w_scale
+    check(w_q, w_scale, 'a', True, torch.randn(64, 24, generator=g), None, ref, linear, None)
+    # q @ k^T: k^T's candidates against an integer-coded q, q's against a per-head k^T.
+    q_scale = torch.full((1, 1, 1, 1), 0.05)
+    q_q = torch.randint(-8, 8, (2, 3, 10, 8), generator=g).float() * q_scale
+    k_t = torch.randn(2, 3, 8, 12, generator=g)
+    ref = torch.randn(2, 3, 10, 8, generator=g) @ k_t
+    k_scale = 0.02 + 0.03 * torch.rand(1, 3, 1, 1, generator=g)
+    k_q = torch.randint(-8, 8, (2, 3, 8, 12), generator=g).float() * k_scale
+    for axis in (None, 1):
+        check(q_q, q_scale, 'b', False, k_t, axis, ref, torch.matmul, axis)
+        check(k_q, k_scale, 'a', False, torch.randn(2, 3, 10, 8, generator=g), axis, ref,
+              torch.matmul, axis)
+
+    def refused(fixed_q, fixed_s, axis=None):
+        return IntegerProductMSE.from_quantized(fixed_q, fixed_s, 'b', False, tuple(k_t.shape),
+                                                axis, ref, torch.matmul) is None
+
+    assert refused(q_q + 1e-3, q_scale)  # not codes x scale
+    assert refused(q_q * 20, q_scale)  # codes past int8
+    assert refused(q_q, q_scale, axis=-2)  # grouped along the summed dim
+    per_dim = 0.05 + 0.01 * torch.arange(8.).reshape(1, 1, 1, 8)  # varies along the summed dim
+    assert refused(torch.randint(-8, 8, (2, 3, 10, 8), generator=g).float() * per_dim, per_dim)
 
 
-def test_integer_and_float_weight_scoring_choose_the_same_parameters(monkeypatch):
-    """A Linear calibrated with and without the int8 weight scoring (MMQ_INT) ends with the
-    same output SQNR and the same quantizer parameters up to float-rounding ties: scales
-    within 1e-3 relative (measured: at most 9e-5), zero points equal on >= 95 % of
-    channels; the integer objective is the one chosen for the weight."""
+@pytest.mark.parametrize('layer', ['linear', 'matmul'])
+def test_integer_and_float_scoring_choose_the_same_parameters(monkeypatch, layer):
+    """A Linear (and a q @ k^T matmul) calibrated with and without the int8 scoring
+    (MMQ_INT) ends with the same output SQNR and the same quantizer parameters up to
+    float-rounding ties: scales within 1e-3 relative (measured: at most 9e-5), zero points
+    equal on >= 95 % of channels; the integer objective is the one chosen for both operands
+    (the matmul's q: fewer keys than 4x its width, where it beats the Gram matrix)."""
     from mmq.models.quant_linear import QuantLinear
+    from mmq.models.quant_matmul import QuantMatMul
     from mmq.quantizers import FPCSCalibrator, UniformQuantizer
     from mmq.quantizers.layer_schedule import output_objective, solve
-    from mmq.quantizers.objectives import IntegerLinearWeightMSE
+    from mmq.quantizers.objectives import IntegerProductMSE
     results = {}
     for flag in ('0', '1'):
         monkeypatch.setenv('MMQ_INT', flag)
-        mod = QuantLinear.from_float(torch.nn.Linear(48, 160), UniformQuantizer(4, ch_axis=0),
-                                     UniformQuantizer(4))
-        torch.manual_seed(0)
-        torch.nn.init.normal_(mod.weight, std=0.2)
-        sample = torch.randn(256, 48, generator=torch.Generator().manual_seed(1))
-        problem = mod.calibration_problem(sample)
+        g = torch.Generator().manual_seed(1)
+        if layer == 'linear':
+            mod = QuantLinear.from_float(torch.nn.Linear(48, 160), UniformQuantizer(4, ch_axis=0),
+                                         UniformQuantizer(4))
+            torch.manual_seed(0)
+            torch.nn.init.normal_(mod.weight, std=0.2)
+            problem = mod.calibration_problem(torch.randn(256, 48, generator=g))
+            q = mod.weight_quantizer
+        else:
+            mod = QuantMatMul(UniformQuantizer(4), UniformQuantizer(4, ch_axis=1))
+            problem = mod.calibration_problem((torch.randn(4, 3, 49, 32, generator=g),
+                                               torch.randn(4, 3, 32, 49, generator=g)))
+            q = mod.b_quantizer
         _, sqnr = solve(problem, lambda role: FPCSCalibrator(role), 1, b_is_weight=True)
-        chosen = output_objective(problem, 'b', problem.op(problem.a, problem.b))
-        assert isinstance(chosen, IntegerLinearWeightMSE) == (flag == '1')
-        q = mod.weight_quantizer
+        ref = problem.op(problem.a, problem.b)
+        for which in ('a', 'b'):
+            chosen = output_objective(problem, which, ref)
+            assert isinstance(chosen, IntegerProductMSE) == (flag == '1'), which
         results[flag] = sqnr, q.scale.clone(), q.zero_point.clone()
     (s0, scale0, zp0), (s1, scale1, zp1) = results['0'], results['1']
     assert abs(s0 - s1) < 0.02, (s0, s1)

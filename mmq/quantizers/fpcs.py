@@ -27,9 +27,9 @@ from .beam_search import (BeamStep, SearchResult, beam_search, chunk_for, grid_s
                           repeat_each, spread, stack_params)
 from .log_quant import _TINY as LOG_TINY
 from .log_quant import log_levels
-from .fused_scores import (canonical_groups, log_fake_quant, uniform_codes, uniform_fake_quant,
-                           uniform_self_mse)
-from .objectives import INT_CODE_MAX, IntegerLinearWeightMSE, Objective, SelfMSE, self_mse
+from .fused_scores import (canonical_groups, log_fake_quant, log_self_mse, uniform_codes,
+                           uniform_fake_quant, uniform_self_mse)
+from .objectives import INT_CODE_MAX, IntegerProductMSE, Objective, SelfMSE, self_mse
 from .token_quantizer import token_fake_quant
 from .uniform import group_rows, quantile_rows
 from .validation import LOG_BITS, UNIFORM_BITS, check_bits, check_finite
@@ -96,9 +96,10 @@ def uniform_init_grid(x: Tensor, bits: int, ch_axis: Optional[int], num_ranges: 
 def _uniform_score(x: Tensor, bits: int, ch_axis: Optional[int], objective: Objective):
     fused = (isinstance(objective, SelfMSE) and objective.x is x
              and objective.ch_axis == ch_axis)
-    # Per-output-channel Linear weights against an integer-coded input: exact int8 products.
-    integer = (isinstance(objective, IntegerLinearWeightMSE) and x.dim() == 2
-               and ch_axis in (0, -2) and 2**bits - 1 <= INT_CODE_MAX)
+    # Candidates for one operand of a product whose other operand is integer codes times a
+    # scale: exact int8 products.
+    integer = (isinstance(objective, IntegerProductMSE) and objective.accepts(x, ch_axis)
+               and 2**bits - 1 <= INT_CODE_MAX)
     xc = canonical_groups(x, ch_axis)  # (1, pre, G, post), a view
     qmax = float(2**bits - 1)
 
@@ -185,6 +186,8 @@ def _quantile_scales(shifted: Tensor, quantiles: Tuple[float, float], num: int) 
 
 def _log_score(x: Tensor, bits: int, r: int, shift: float, table: bool, objective: Objective):
     shifted = x.reshape(1, -1) + shift
+    # Self-MSE: (Q(x + c) - c) - x = Q(x + c) - (x + c), one fused pass per candidate.
+    fused = isinstance(objective, SelfMSE) and objective.x is x and objective.ch_axis is None
 
     def score(cands: Tensor) -> Tensor:
         q = cands[0, :, 0].unsqueeze(1)  # (K, 1): one per-tensor search
@@ -192,6 +195,8 @@ def _log_score(x: Tensor, bits: int, r: int, shift: float, table: bool, objectiv
         # One fused pass per candidate: codes, table lookup, scale (fake_quant_log's no-grad
         # path, compiled when possible).
         values = log_levels(bits, q.flatten(), r, table, x.dtype).to(x.device)
+        if fused:
+            return log_self_mse(shifted, scale, -(r / q), values, 2**bits, LOG_TINY).t()
         xq = log_fake_quant(shifted, scale, -(r / q), values, 2**bits, LOG_TINY) - shift
         return objective(xq.reshape(q.shape[0], *x.shape)).t()
 

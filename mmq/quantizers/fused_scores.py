@@ -124,15 +124,21 @@ def uniform_codes(x: Tensor, scale: Tensor, zero_point: Tensor, qmax: float) -> 
     return _run(uniform_codes_eager, x, scale, zero_point, qmax)
 
 
-def scaled_products_mse_eager(acc: Tensor, scale: Tensor, ref: Tensor) -> Tensor:
-    """Per row, the mean over the last dim of ``(acc * scale - ref)^2``: integer products
-    ``acc`` ``(K, G, R)`` (int32), ``scale`` ``(K, G, 1)``, ``ref`` ``(1, G, R)``; ``(K, G)``."""
-    return (acc.to(scale.dtype) * scale - ref).pow(2).mean(dim=-1)
+def scaled_products_mse_eager(acc: Tensor, scale: Tensor, fixed: Tensor, ref: Tensor,
+                              group_dim: int) -> Tensor:
+    """Per candidate and group, the mean of ``(acc * fixed * scale - ref)^2``: integer
+    products ``acc`` ``(K, *out)`` (int32, any strides), the candidates' scales ``(K, ...)``
+    with their groups along ``group_dim`` (``0``: one per candidate), the fixed operand's
+    scale and the float output ``ref`` broadcasting as ``(1, *out)``; returns ``(K, G)``."""
+    err = (acc.to(scale.dtype) * fixed * scale - ref).pow(2)
+    loss = err.mean(dim=[d for d in range(1, err.dim()) if d != group_dim])
+    return loss if group_dim else loss.unsqueeze(1)
 
 
-def scaled_products_mse(acc: Tensor, scale: Tensor, ref: Tensor) -> Tensor:
+def scaled_products_mse(acc: Tensor, scale: Tensor, fixed: Tensor, ref: Tensor,
+                        group_dim: int) -> Tensor:
     """:func:`scaled_products_mse_eager`, compiled when possible."""
-    return _run(scaled_products_mse_eager, acc, scale, ref)
+    return _run(scaled_products_mse_eager, acc, scale, fixed, ref, group_dim)
 
 
 def grouped_mse_eager(out: Tensor, ref: Tensor) -> Tensor:
@@ -168,3 +174,18 @@ def log_fake_quant(x: Tensor, scale: Tensor, coef: Tensor, values: Tensor, max_c
                    tiny: float) -> Tensor:
     """:func:`log_fake_quant_eager`, compiled when possible."""
     return _run(log_fake_quant_eager, x, scale, coef, values, max_code, tiny)
+
+
+def log_self_mse_eager(x: Tensor, scale: Tensor, coef: Tensor, values: Tensor, max_code: int,
+                       tiny: float) -> Tensor:
+    """Per candidate, the mean of ``(log_fake_quant(x) - x)^2`` over ``x`` ``(1, N)`` (the
+    arguments as :func:`log_fake_quant_eager`'s); returns ``(K, 1)``."""
+    err = log_fake_quant_eager(x, scale, coef, values, max_code, tiny) - x
+    return err.pow(2).mean(dim=1, keepdim=True)
+
+
+def log_self_mse(x: Tensor, scale: Tensor, coef: Tensor, values: Tensor, max_code: int,
+                 tiny: float) -> Tensor:
+    """:func:`log_self_mse_eager`, compiled when possible: one pass per candidate, no
+    ``(K, N)`` intermediates."""
+    return _run(log_self_mse_eager, x, scale, coef, values, max_code, tiny)

@@ -14,8 +14,9 @@ from torch import Tensor
 
 from .calibrators import FPCSCalibrator
 from .base_quantizer import BaseQuantizer
-from .objectives import (INT_CODE_MAX, InputGramMSE, IntegerLinearWeightMSE, LinearWeightMSE,
+from .objectives import (INT_CODE_MAX, InputGramMSE, IntegerProductMSE, LinearWeightMSE,
                          Objective, output_mse, self_mse, sqnr_db)
+from .uniform_quantizer import UniformQuantizer
 
 
 @dataclass
@@ -67,31 +68,55 @@ def integer_scoring_enabled(x: Tensor) -> bool:
             and hasattr(torch, '_int_mm'))
 
 
+# How many times faster an int8 product is than the float one on a CPU (torch._int_mm
+# against float matmuls of the calibration shapes: 4.2-5.2x measured on this 2-core
+# machine); it decides between integer products and Gram matrices for an input's candidates.
+INT_SPEEDUP = 4
+
+
+def integer_objective(problem: CalibrationProblem, which: str,
+                      ref: Tensor) -> Optional[IntegerProductMSE]:
+    """Candidates of operand ``which`` scored from exact int8 products
+    (:class:`IntegerProductMSE`), when both operands are uniformly quantized, the other
+    one's codes fit int8 and integer scoring is enabled; else ``None``."""
+    cand_q, fixed_q = (problem.qb, problem.qa) if which == 'b' else (problem.qa, problem.qb)
+    fixed = problem.a if which == 'b' else problem.b
+    if not ((problem.linear or problem.is_product) and integer_scoring_enabled(fixed)
+            and isinstance(cand_q, UniformQuantizer) and 2**cand_q.bits - 1 <= INT_CODE_MAX
+            and isinstance(fixed_q, UniformQuantizer) and bool(fixed_q.calibrated)):
+        return None
+    cand = problem.b if which == 'b' else problem.a
+    return IntegerProductMSE.from_quantized(
+        problem.quantized('a' if which == 'b' else 'b'), fixed_q.scale, which, problem.linear,
+        tuple(cand.shape), cand_q.ch_axis, ref, problem.op)
+
+
 def output_objective(problem: CalibrationProblem, which: str, ref: Tensor) -> Objective:
     """The output-MSE objective for candidates of operand ``which``, the other operand held
-    at its quantized value: a Linear weight against a uniformly quantized input from exact
-    integer products (:class:`IntegerLinearWeightMSE`, on a CPU); else through Gram
-    matrices where that costs fewer FLOPs (the left operand of a product with more output
-    columns than inner dims; a Linear weight scored on more rows than inputs), else the
-    direct batched op."""
+    at its quantized value: from exact int8 products where both operands are uniformly
+    quantized (:func:`integer_objective`, on a CPU) unless Gram matrices cost less; else
+    through Gram matrices where that costs fewer FLOPs (the left operand of a product with
+    more output columns than inner dims; a Linear weight scored on more rows than inputs),
+    else the direct batched op."""
     gram = gram_enabled()
+    integer = integer_objective(problem, which, ref)
     if which == 'b':
+        if integer is not None:
+            return integer
         other = problem.quantized('a')
-        if (problem.linear and problem.b.dim() == 2 and integer_scoring_enabled(other)
-                and problem.qa is not None and bool(problem.qa.calibrated)
-                and getattr(problem.qa, 'scale', None) is not None  # static codes * scale
-                and problem.qb is not None and 2**problem.qb.bits - 1 <= INT_CODE_MAX):
-            objective = IntegerLinearWeightMSE.from_quantized(other, problem.qa.scale, ref)
-            if objective is not None:
-                return objective
         if gram and problem.linear and problem.a.shape[0] > problem.a.shape[1]:
             return LinearWeightMSE(problem.a, other, problem.b)
         return output_mse(lambda xq: problem.op(other, xq), ref, problem.out_axis_b)
     other = problem.quantized('b')
     # The right operand in a @ b layout (..., D, N): a Linear holds its weight as (N, D).
     b, b_q = ((problem.b.t(), other.t()) if problem.linear else (problem.b, other))
+    # Per candidate row: D x N integer MACs against D x D float ones through the Gram matrix.
+    if integer is not None and b.shape[-1] < INT_SPEEDUP * b.shape[-2]:
+        return integer
     if gram and problem.is_product and b.shape[-1] > b.shape[-2]:
         return InputGramMSE(problem.a, b, b_q, problem.out_axis_a)
+    if integer is not None:
+        return integer
     return output_mse(lambda xq: problem.op(xq, other), ref, problem.out_axis_a)
 
 

@@ -125,45 +125,134 @@ class LinearWeightMSE:
 INT_CODE_MAX = 127  # int8 operands of torch._int_mm
 
 
-class IntegerLinearWeightMSE:
-    """Output MSE per output channel of weight candidates of ``a_q @ w^T`` against the float
-    output ``ref`` ``(rows, out)``, where the quantized input is ``a_q = codes * a_scale``
-    with small integer ``codes`` (a per-tensor uniform quantizer's ``q - z``).
+def _batch_int_mm(left: Tensor, right: Tensor, candidates_left: bool) -> Tensor:
+    """Exact int32 products of ``K`` int8 candidates with a fixed int8 operand, per batch
+    entry: candidates ``(K, *batch, M, D)`` times fixed ``(*batch, D, N)`` when
+    ``candidates_left``, else fixed ``(*batch, M, D)`` times candidates ``(K, *batch, D, N)``;
+    returns ``(K, *batch, M, N)``. The ``K`` candidates share one ``torch._int_mm`` per batch
+    entry (stacked along ``M`` or ``N``)."""
+    cands, fixed = (left, right) if candidates_left else (right, left)
+    k, batch = cands.shape[0], cands.shape[1:-2]
+    cands = cands.reshape(k, -1, *cands.shape[-2:])
+    fixed = fixed.reshape(-1, *fixed.shape[-2:])
+    if fixed.shape[0] == 1 and candidates_left:  # a Linear: one product, no copies
+        acc = torch._int_mm(cands.reshape(-1, cands.shape[-1]), fixed[0])
+        return acc.reshape(k, *batch, cands.shape[-2], -1)
+    b = fixed.shape[0]
+    if candidates_left:  # per entry (K * M, D) @ (D, N): candidates stacked along M
+        m, d, n = cands.shape[-2], cands.shape[-1], fixed.shape[-1]
+        stacked = cands.transpose(0, 1).reshape(b, k * m, d)
+        acc = torch.empty(b, k * m, n, dtype=torch.int32, device=fixed.device)
+    else:  # per entry (M, D) @ (D, K * N): candidates stacked along N
+        m, d, n = fixed.shape[-2], cands.shape[-2], cands.shape[-1]
+        stacked = cands.permute(1, 2, 0, 3).reshape(b, d, k * n)
+        acc = torch.empty(b, m, k * n, dtype=torch.int32, device=fixed.device)
+    for i in range(b):
+        if candidates_left:
+            torch._int_mm(stacked[i], fixed[i], out=acc[i])
+        else:
+            torch._int_mm(fixed[i], stacked[i], out=acc[i])
+    # Views, no copies: the loss kernel reads any strides.
+    acc = (acc.view(b, k, m, n).transpose(0, 1) if candidates_left
+           else acc.view(b, m, k, n).permute(2, 0, 1, 3))
+    return acc.view(k, *batch, m, n)
 
-    Called on float candidates it is the plain output MSE. The uniform FPCS search
-    recognises it and scores per-channel candidates ``w_k = c_k * s_k`` (integer codes
-    ``c_k``, one scale per output channel) from the exact integer products
-    ``codes @ c_k^T`` (``torch._int_mm``, int32 accumulation), scaled by ``a_scale * s_k``
-    once per output: the same losses up to float rounding (the products are exact), several
-    times faster on a CPU than the float matmul.
+
+class IntegerProductMSE:
+    """Output MSE of uniform candidates for one operand of a product -- a Linear's
+    ``a @ w^T`` or a batched ``a @ b`` (q @ k^T) -- with the other operand held at its
+    quantized value ``codes * scale`` (int8 codes, the scale constant along the summed dim),
+    from the exact integer products of the codes (``torch._int_mm``, int32 accumulation),
+    scaled once per output element: the same losses as :func:`output_mse` up to float
+    rounding (the products are exact), several times faster on a CPU than float matmuls.
+
+    FPCS's uniform search recognises it (:meth:`accepts`) and scores its candidates with
+    :meth:`score_codes`; called on float candidates it is the plain output MSE. Build it
+    with :meth:`from_quantized`.
     """
 
-    def __init__(self, a_q: Tensor, codes: Tensor, a_scale: float, ref: Tensor) -> None:
-        self.codes_t = codes.to(torch.int8).t().contiguous()  # (in, rows)
-        self.a_scale = a_scale
-        self.ref_t = ref.t().contiguous().unsqueeze(0)  # (1, out, rows)
-        self._float = output_mse(lambda wq: torch.matmul(a_q, wq.transpose(-1, -2)), ref, -1)
+    def __init__(self, fixed_codes: Tensor, fixed_factor: Tensor, candidate_shape: tuple,
+                 candidate_axis: Optional[int], linear: bool, which: str, ref: Tensor,
+                 float_objective: Objective) -> None:
+        self.fixed_codes = fixed_codes
+        self.candidate_shape, self.candidate_axis = candidate_shape, candidate_axis
+        self.linear, self.which = linear, which
+        # A Linear's weight candidates are the left operand of out^T = w @ a^T.
+        self.candidates_left = which == 'a' or linear
+        layout = ref.t() if linear and which == 'b' else ref
+        self.ref = layout.contiguous().unsqueeze(0)
+        self.fixed = fixed_factor.unsqueeze(0)
+        self.group_dim = 0 if candidate_axis is None else candidate_axis % layout.dim() + 1
+        self._float = float_objective
 
     @classmethod
-    def from_quantized(cls, a_q: Tensor, scale: Tensor,
-                       ref: Tensor) -> Optional['IntegerLinearWeightMSE']:
-        """The objective when ``a_q`` is exactly ``codes * scale`` with a single ``scale``
-        and integer codes within int8 (else ``None``: use the float objective)."""
-        if scale.numel() != 1 or not bool(scale.reshape(()) > 0) or a_q.dim() != 2:
+    def from_quantized(cls, fixed_q: Tensor, fixed_scale: Tensor, which: str, linear: bool,
+                       candidate_shape: tuple, candidate_axis: Optional[int], ref: Tensor,
+                       op) -> Optional['IntegerProductMSE']:
+        """The objective for candidates of operand ``which`` (``'a'`` or ``'b'``) of
+        ``op(a, b)`` (a Linear's ``a @ b^T`` when ``linear``, else a batched ``a @ b``),
+        the other operand quantized to ``fixed_q`` with scale ``fixed_scale`` (broadcasting
+        against it); ``None`` unless ``fixed_q`` is exactly int8 codes times that scale,
+        the scale is constant along the summed dim, and the candidates' group axis is not
+        the summed dim (then use a float objective)."""
+        shape = tuple(candidate_shape)
+        if len(shape) < 2 or fixed_q.dim() < 2:
             return None
-        s = float(scale)
-        codes = torch.round(a_q / s)
-        if codes.abs().max() > INT_CODE_MAX or not torch.equal(codes * s, a_q):
+        # Layout as a product L @ R with the summed dim last of L, second last of R.
+        if linear:
+            if fixed_q.dim() != 2 or len(shape) != 2:
+                return None
+            fixed_layout = fixed_q.t()  # a^T (in, rows) or w^T (in, out)
+            scale = torch.as_tensor(fixed_scale).to(fixed_q)
+            if scale.dim() != 2 and scale.numel() != 1:
+                return None
+            scale = scale.reshape(scale.shape if scale.dim() == 2 else (1, 1)).t()
+            summed_fixed, summed_cand = -2, -1
+        else:
+            if fixed_q.shape[:-2] != shape[:-2]:
+                return None
+            fixed_layout = fixed_q
+            scale = torch.as_tensor(fixed_scale).to(fixed_q)
+            summed_fixed, summed_cand = (-1, -2) if which == 'b' else (-2, -1)
+        if scale.dim() > fixed_layout.dim() or (scale.dim() >= -summed_fixed
+                                                and scale.shape[summed_fixed] != 1):
             return None
-        return cls(a_q, codes, s, ref)
+        if candidate_axis is not None and candidate_axis % len(shape) == summed_cand % len(shape):
+            return None
+        if not bool((scale > 0).all()):
+            return None
+        codes = torch.round(fixed_layout / scale)
+        if codes.abs().max() > INT_CODE_MAX or not torch.equal(codes * scale, fixed_layout):
+            return None
+        # In the layout above the scale is already the factor on the product's output:
+        # (..., M|1, 1) of a left fixed operand, (..., 1, N|1) of a right one.
+        float_objective = output_mse(
+            (lambda xq: op(xq, fixed_q)) if which == 'a' else (lambda xq: op(fixed_q, xq)),
+            ref, -1 if linear and which == 'b' and candidate_axis is not None
+            else candidate_axis)
+        return cls(codes.to(torch.int8).contiguous(), scale, shape, candidate_axis, linear,
+                   which, ref, float_objective)
 
-    def __call__(self, wq: Tensor) -> Tensor:
-        return self._float(wq)
+    def accepts(self, x: Tensor, ch_axis: Optional[int]) -> bool:
+        """Whether candidates for ``x`` grouped along ``ch_axis`` are the ones this objective
+        scores from integer codes."""
+        norm = (lambda a: None if a is None else a % len(self.candidate_shape))  # noqa: E731
+        return (tuple(x.shape) == self.candidate_shape
+                and norm(ch_axis) == norm(self.candidate_axis))
 
-    def score_codes(self, codes: Tensor, w_scale: Tensor) -> Tensor:
-        """Losses ``(K, out)`` of candidates with int8 codes ``(K, out, in)`` and scales
-        ``(K, out)``."""
-        k, out, d = codes.shape
-        acc = torch._int_mm(codes.reshape(k * out, d), self.codes_t).reshape(k, out, -1)
-        scale = (w_scale * self.a_scale).unsqueeze(-1).to(self.ref_t.dtype)
-        return scaled_products_mse(acc, scale, self.ref_t)
+    def __call__(self, xq: Tensor) -> Tensor:
+        return self._float(xq)
+
+    def score_codes(self, codes: Tensor, scale: Tensor) -> Tensor:
+        """Losses ``(K, groups)`` of candidates with int8 codes ``(K, *candidate_shape)``
+        and scales ``(K, groups)``."""
+        if self.candidates_left:
+            acc = _batch_int_mm(codes, self.fixed_codes, True)
+        else:
+            acc = _batch_int_mm(self.fixed_codes, codes, False)
+        k, groups = scale.shape
+        shape = [k] + [1] * (acc.dim() - 1)
+        if self.group_dim:
+            shape[self.group_dim] = groups
+        return scaled_products_mse(acc, scale.reshape(shape).to(self.ref.dtype), self.fixed,
+                                   self.ref, self.group_dim)
