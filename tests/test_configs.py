@@ -69,6 +69,7 @@ def test_quant_preset_parses(path):
     images = cfg.custom_hooks[0]['num_images']
     if 'aphq' in name:
         assert qcfg.stages == ['mr', 'calibrate', 'reconstruct']
+        assert qcfg.mr['fc2_init'] == 'lstsq'  # the measured, more faithful MR start
         assert images == 256  # the published detection count for reconstruction
     else:
         assert images == 32
