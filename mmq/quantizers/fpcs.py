@@ -158,8 +158,10 @@ def fpcs_uniform(x: Tensor,
     steps = [BeamStep(schedule.width)] + [
         BeamStep(schedule.width, expand) for _ in range(schedule.steps - 1)
     ]
+    elements = (objective.elements_per_candidate if isinstance(objective, IntegerProductMSE)
+                else x.numel())
     return beam_search(grid, _uniform_score(x, bits, ch_axis, objective), steps,
-                       chunk_for(x.numel(), budget))
+                       chunk_for(elements, budget))
 
 
 @torch.no_grad()

@@ -6,6 +6,7 @@ output) against full precision; the MSE of the tensor itself ("self" MSE) is use
 initialise. ``groups`` follow the searched tensor's granularity: one column per tensor, per
 output channel or per head.
 """
+import math
 from typing import Callable, Optional
 
 import torch
@@ -176,7 +177,6 @@ class IntegerProductMSE:
                  float_objective: Objective) -> None:
         self.fixed_codes = fixed_codes
         self.candidate_shape, self.candidate_axis = candidate_shape, candidate_axis
-        self.linear, self.which = linear, which
         # A Linear's weight candidates are the left operand of out^T = w @ a^T.
         self.candidates_left = which == 'a' or linear
         layout = ref.t() if linear and which == 'b' else ref
@@ -232,6 +232,12 @@ class IntegerProductMSE:
             else candidate_axis)
         return cls(codes.to(torch.int8).contiguous(), scale, shape, candidate_axis, linear,
                    which, ref, float_objective)
+
+    @property
+    def elements_per_candidate(self) -> int:
+        """Elements a candidate occupies while scored (its products can outnumber its own
+        elements: a Linear with more outputs than inputs)."""
+        return max(math.prod(self.candidate_shape), self.ref.numel())
 
     def accepts(self, x: Tensor, ch_axis: Optional[int]) -> bool:
         """Whether candidates for ``x`` grouped along ``ch_axis`` are the ones this objective
