@@ -10,8 +10,9 @@ turns off only the int8 products, to measure them alone.
                                              [--device cuda] [--reference no-int]
 
 A DINOv2 ViT-S/14-shaped ``mmq.TimmViTDet`` (the converted DINOv2 weights when
-``checkpoints/dinov2/vit_small_patch14_dinov2.pth`` exists, else random weights of the same
-shape) cut to ``--blocks`` blocks, W4A4 AdaLog + FPCS on ``--images`` 256x320 inputs
+``checkpoints/dinov2/vit_small_patch14_dinov2.pth`` exists, else the fine-tuned ViT of the
+committed ``dinov2`` demo detector, else random weights of the same shape) cut to
+``--blocks`` blocks, W4A4 AdaLog + FPCS on ``--images`` 256x320 inputs
 (320 patch tokens). Runs eager, then fast (a first one-image run compiles and is timed apart:
 compiling is a once-per-process cost), and prints both times, their ratio and each unit's
 output SQNR. ``--device`` runs both on that device (model and images moved there;
@@ -29,6 +30,7 @@ import mmq
 from mmq.models.backbones.vit_det import TimmViTDet
 
 WEIGHTS = 'checkpoints/dinov2/vit_small_patch14_dinov2.pth'
+DETECTOR = 'checkpoints/demo/mask-rcnn_dinov2-vits14_shapes.pth'
 
 
 def _sync(device: str) -> None:
@@ -50,8 +52,14 @@ def main() -> None:
     backbone = TimmViTDet(img_size=518, patch_size=14, feature_stride=16, embed_dims=384,
                           depth=args.blocks, num_heads=6, init_values=1e-5, class_token=True,
                           out_channels=64, scales=(4.0, 2.0, 1.0, 0.5)).eval()
+    state = None
     if osp.isfile(WEIGHTS):
         state = torch.load(WEIGHTS, weights_only=True)
+    elif osp.isfile(DETECTOR):  # the dinov2 testbed's fine-tuned ViT-S/14 (committed)
+        state = torch.load(DETECTOR, weights_only=True, map_location='cpu')
+        state = {k[len('backbone.vit.'):]: v for k, v in state.get('state_dict', state).items()
+                 if k.startswith('backbone.vit.')}
+    if state is not None:
         backbone.vit.load_state_dict({k: v for k, v in state.items() if not k.startswith(
             'blocks.') or int(k.split('.')[1]) < args.blocks})
     g = torch.Generator().manual_seed(0)
