@@ -130,6 +130,27 @@ def test_mr_least_squares_fc2_start_beats_the_gelu_weights_start(vit):
         QuantConfig(mr=dict(fc2_init='ridge'))
 
 
+def test_mr_keeps_the_best_checkpoint_when_training_raises_the_loss(vit):
+    """Adam steps that raise the weighted loss (here a far too large learning rate from the
+    least-squares start) do not stay: each MLP keeps the weights of its lowest checkpoint
+    loss, the start included, and reports which step it kept."""
+    model = copy.deepcopy(vit)
+    opts = QuantConfig(mr=dict(iters=20, batch=64, rows=2048, lr=1.0,
+                               fc2_init='lstsq')).mr_options()
+    report = mlp_reconstruction(model, model, model, kl_task_loss, 1e-6, _images(8), opts)
+    for mlp in report['mlps']:
+        assert mlp['loss_last'] > mlp['loss_start'], mlp  # the steps diverged ...
+        assert mlp['loss_end'] == min(mlp['loss_curve']) <= mlp['loss_start']  # ... not kept
+    assert any(mlp['kept_step'] == 0 for mlp in report['mlps'])
+    fitted = copy.deepcopy(vit)  # the start alone (no step), for the MLPs that kept it
+    start = QuantConfig(mr=dict(iters=1, batch=64, rows=2048, lr=1e-12,
+                                fc2_init='lstsq')).mr_options()
+    mlp_reconstruction(fitted, fitted, fitted, kl_task_loss, 1e-6, _images(8), start)
+    for mlp, a, b in zip(report['mlps'], find_mlps(model), find_mlps(fitted)):
+        if mlp['kept_step'] == 0:
+            torch.testing.assert_close(a.fc2.weight, b.fc2.weight)
+
+
 def _w3a3(**kw):
     return dict(FAST_QUANT, w_bits=3, a_bits=3, **kw)
 

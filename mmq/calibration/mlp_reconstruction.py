@@ -148,6 +148,9 @@ def mlp_reconstruction(model: nn.Module, backbone: nn.Module, forward: Callable,
                 return float(_mr_loss(mlp, x, target, h_rows, ub, opts.clamp_weight))
 
         curve = [full_loss()]
+        # Keep the best weights seen at a checkpoint (the start included): Adam steps from a
+        # least-squares start can raise the loss, and a stage must not leave it worse.
+        best, best_at, best_state = curve[0], 0, [p.detach().clone() for p in params]
         was_trainable = [p.requires_grad for p in params]
         for p in params:  # a frozen backbone (frozen_blocks) is trained here all the same
             p.requires_grad_(True)
@@ -162,15 +165,22 @@ def mlp_reconstruction(model: nn.Module, backbone: nn.Module, forward: Callable,
                 schedule.step()
                 if (it + 1) % every == 0 or it + 1 == opts.iters:
                     curve.append(full_loss())
+                    if curve[-1] < best:
+                        best, best_at = curve[-1], it + 1
+                        best_state = [p.detach().clone() for p in params]
+        with torch.no_grad():
+            for p, kept in zip(params, best_state):
+                p.copy_(kept)
         for p, trainable in zip(params, was_trainable):
             p.grad = None
             p.requires_grad_(trainable)
-        reports.append(dict(mlp=k, ub=ub, loss_start=curve[0], loss_end=curve[-1],
-                            loss_curve=curve, aph=aph_stats(h),
-                            seconds=time.perf_counter() - t0))
+        reports.append(dict(mlp=k, ub=ub, loss_start=curve[0], loss_end=best,
+                            loss_last=curve[-1], kept_step=best_at, loss_curve=curve,
+                            aph=aph_stats(h), seconds=time.perf_counter() - t0))
         if logger is not None:
+            kept = '' if best_at == opts.iters else f' (kept step {best_at}: last {curve[-1]:.4g})'
             logger.info(f'[mmq] MR {k + 1}/{len(mlps)}: weighted loss {curve[0]:.4g} -> '
-                        f'{curve[-1]:.4g}, ub {ub:.3g}, {reports[-1]["seconds"]:.1f} s')
+                        f'{best:.4g}{kept}, ub {ub:.3g}, {reports[-1]["seconds"]:.1f} s')
     with torch.no_grad():
         after = [_flat_outputs(forward(img)) for img in images[:2]]
     drift = sum(sqnr_db(r, a) for r, a in zip(reference, after)) / len(reference)
