@@ -387,25 +387,27 @@ def test_integer_product_scoring_matches_the_float_output_mse():
     assert refused(torch.randint(-8, 8, (2, 3, 10, 8), generator=g).float() * per_dim, per_dim)
 
 
-@pytest.mark.parametrize('layer', ['linear', 'matmul'])
+@pytest.mark.parametrize('layer', ['linear', 'linear-tokens', 'matmul'])
 def test_integer_and_float_scoring_choose_the_same_parameters(monkeypatch, layer):
-    """A Linear (and a q @ k^T matmul) calibrated with and without the int8 scoring
-    (MMQ_INT) ends with the same output SQNR and the same quantizer parameters up to
-    float-rounding ties: scales within 1e-3 relative (measured: at most 9e-5), zero points
-    equal on >= 95 % of channels; the integer objective is the one chosen for both operands
-    (the matmul's q: fewer keys than 4x its width, where it beats the Gram matrix)."""
+    """A Linear (static or dynamic per-token input quantizer) and a q @ k^T matmul
+    calibrated with and without the int8 scoring (MMQ_INT) end with the same output SQNR and
+    the same quantizer parameters up to float-rounding ties: scales within 1e-3 relative
+    (measured: at most 9e-5), zero points equal on >= 95 % of channels; the integer objective
+    is the one chosen for every uniform operand (the matmul's q: fewer keys than 4x its
+    width, where it beats the Gram matrix; a per-token input's own clip search stays float)."""
     from mmq.models.quant_linear import QuantLinear
     from mmq.models.quant_matmul import QuantMatMul
-    from mmq.quantizers import FPCSCalibrator, UniformQuantizer
+    from mmq.quantizers import FPCSCalibrator, TokenQuantizer, UniformQuantizer
     from mmq.quantizers.layer_schedule import output_objective, solve
     from mmq.quantizers.objectives import IntegerProductMSE
     results = {}
     for flag in ('0', '1'):
         monkeypatch.setenv('MMQ_INT', flag)
         g = torch.Generator().manual_seed(1)
-        if layer == 'linear':
+        if layer.startswith('linear'):
+            inputs = TokenQuantizer(4) if layer == 'linear-tokens' else UniformQuantizer(4)
             mod = QuantLinear.from_float(torch.nn.Linear(48, 160), UniformQuantizer(4, ch_axis=0),
-                                         UniformQuantizer(4))
+                                         inputs)
             torch.manual_seed(0)
             torch.nn.init.normal_(mod.weight, std=0.2)
             problem = mod.calibration_problem(torch.randn(256, 48, generator=g))
@@ -417,7 +419,7 @@ def test_integer_and_float_scoring_choose_the_same_parameters(monkeypatch, layer
             q = mod.b_quantizer
         _, sqnr = solve(problem, lambda role: FPCSCalibrator(role), 1, b_is_weight=True)
         ref = problem.op(problem.a, problem.b)
-        for which in ('a', 'b'):
+        for which in ('a', 'b') if layer != 'linear-tokens' else ('b', ):
             chosen = output_objective(problem, which, ref)
             assert isinstance(chosen, IntegerProductMSE) == (flag == '1'), which
         results[flag] = sqnr, q.scale.clone(), q.zero_point.clone()

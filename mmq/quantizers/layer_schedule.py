@@ -77,18 +77,19 @@ INT_SPEEDUP = 4
 def integer_objective(problem: CalibrationProblem, which: str,
                       ref: Tensor) -> Optional[IntegerProductMSE]:
     """Candidates of operand ``which`` scored from exact int8 products
-    (:class:`IntegerProductMSE`), when both operands are uniformly quantized, the other
-    one's codes fit int8 and integer scoring is enabled; else ``None``."""
+    (:class:`IntegerProductMSE`), when the candidates are uniform, the other operand is
+    uniformly quantized (static scales, or a dynamic per-token quantizer's per-row ones) with
+    codes that fit int8, and integer scoring is enabled; else ``None``."""
     cand_q, fixed_q = (problem.qb, problem.qa) if which == 'b' else (problem.qa, problem.qb)
     fixed = problem.a if which == 'b' else problem.b
     if not ((problem.linear or problem.is_product) and integer_scoring_enabled(fixed)
             and isinstance(cand_q, UniformQuantizer) and 2**cand_q.bits - 1 <= INT_CODE_MAX
-            and isinstance(fixed_q, UniformQuantizer) and bool(fixed_q.calibrated)):
+            and hasattr(fixed_q, 'integer_scale') and bool(fixed_q.calibrated)):
         return None
     cand = problem.b if which == 'b' else problem.a
     return IntegerProductMSE.from_quantized(
-        problem.quantized('a' if which == 'b' else 'b'), fixed_q.scale, which, problem.linear,
-        tuple(cand.shape), cand_q.ch_axis, ref, problem.op)
+        problem.quantized('a' if which == 'b' else 'b'), fixed_q.integer_scale(fixed), which,
+        problem.linear, tuple(cand.shape), cand_q.ch_axis, ref, problem.op)
 
 
 def output_objective(problem: CalibrationProblem, which: str, ref: Tensor) -> Objective:

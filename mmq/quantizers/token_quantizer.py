@@ -27,11 +27,17 @@ def token_fake_quant(x: Tensor, clip: Tensor, bits: int, feature_axis: int = -1)
     ``feature_axis`` and scaled by ``clip`` (broadcasts against ``x`` with a leading candidate
     axis: ``clip`` of shape ``(K, 1, ..., 1)`` gives ``K`` candidates). The rounding has a
     straight-through gradient; the range is differentiable."""
-    lo = x.amin(dim=feature_axis, keepdim=True) * clip
-    hi = x.amax(dim=feature_axis, keepdim=True) * clip
-    scale, zero_point = range_to_params(lo, hi, bits)
+    scale, zero_point = token_params(x, clip, bits, feature_axis)
     codes = torch.clamp(round_ste(x / scale) + zero_point, 0, 2**bits - 1)
     return (codes - zero_point) * scale
+
+
+def token_params(x: Tensor, clip: Tensor, bits: int, feature_axis: int = -1):
+    """Every token's ``(scale, zero point)`` (see :func:`token_fake_quant`), keeping
+    ``feature_axis`` as a size-1 dim."""
+    lo = x.amin(dim=feature_axis, keepdim=True) * clip
+    hi = x.amax(dim=feature_axis, keepdim=True) * clip
+    return range_to_params(lo, hi, bits)
 
 
 @QUANTIZERS.register_module()
@@ -64,6 +70,11 @@ class TokenQuantizer(BaseQuantizer):
     def fake_quant(self, x: Tensor, clip: Tensor) -> Tensor:
         """``x`` quantized with clip ratio(s) ``clip`` (see :func:`token_fake_quant`)."""
         return token_fake_quant(x, clip, self.bits, self.feature_axis)
+
+    def integer_scale(self, x: Tensor) -> Tensor:
+        """The scales ``x`` is quantized with (one per token): ``self(x)`` is integer codes
+        times them."""
+        return token_params(x, self.clip, self.bits, self.feature_axis)[0]
 
     def forward(self, x: Tensor) -> Tensor:
         if not self.is_active:

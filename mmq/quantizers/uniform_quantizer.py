@@ -61,6 +61,10 @@ class UniformQuantizer(BaseQuantizer):
             return codes.clamp(0, qmax)
         return uniform_quantize(x, self.scale, self.zero_point, self.bits)
 
+    def integer_scale(self, x: Tensor) -> Tensor:
+        """The scale(s) ``x`` is quantized with: ``self(x)`` is integer codes times them."""
+        return self.scale
+
     def dequantize(self, codes: Tensor) -> Tensor:
         """Real values of integer codes."""
         return uniform_dequantize(codes, self.scale, self.zero_point)
