@@ -74,12 +74,13 @@ def integer_scoring_enabled(x: Tensor) -> bool:
 INT_SPEEDUP = 4
 
 
-def integer_objective(problem: CalibrationProblem, which: str,
-                      ref: Tensor) -> Optional[IntegerProductMSE]:
+def integer_objective(problem: CalibrationProblem, which: str, ref: Tensor,
+                      other: Tensor) -> Optional[IntegerProductMSE]:
     """Candidates of operand ``which`` scored from exact int8 products
-    (:class:`IntegerProductMSE`), when the candidates are uniform, the other operand is
-    uniformly quantized (static scales, or a dynamic per-token quantizer's per-row ones) with
-    codes that fit int8, and integer scoring is enabled; else ``None``."""
+    (:class:`IntegerProductMSE`) against ``other``, the other operand's quantized value, when
+    the candidates are uniform, the other operand is uniformly quantized (static scales, or a
+    dynamic per-token quantizer's per-row ones) with codes that fit int8, and integer scoring
+    is enabled; else ``None``."""
     cand_q, fixed_q = (problem.qb, problem.qa) if which == 'b' else (problem.qa, problem.qb)
     fixed = problem.a if which == 'b' else problem.b
     if not ((problem.linear or problem.is_product) and integer_scoring_enabled(fixed)
@@ -88,8 +89,8 @@ def integer_objective(problem: CalibrationProblem, which: str,
         return None
     cand = problem.b if which == 'b' else problem.a
     return IntegerProductMSE.from_quantized(
-        problem.quantized('a' if which == 'b' else 'b'), fixed_q.integer_scale(fixed), which,
-        problem.linear, tuple(cand.shape), cand_q.ch_axis, ref, problem.op)
+        other, fixed_q.integer_scale(fixed), which, problem.linear, tuple(cand.shape),
+        cand_q.ch_axis, ref, problem.op)
 
 
 def output_objective(problem: CalibrationProblem, which: str, ref: Tensor) -> Objective:
@@ -100,15 +101,14 @@ def output_objective(problem: CalibrationProblem, which: str, ref: Tensor) -> Ob
     more output columns than inner dims; a Linear weight scored on more rows than inputs),
     else the direct batched op."""
     gram = gram_enabled()
-    integer = integer_objective(problem, which, ref)
+    other = problem.quantized('a' if which == 'b' else 'b')  # held at its quantized value
+    integer = integer_objective(problem, which, ref, other)
     if which == 'b':
         if integer is not None:
             return integer
-        other = problem.quantized('a')
         if gram and problem.linear and problem.a.shape[0] > problem.a.shape[1]:
             return LinearWeightMSE(problem.a, other, problem.b)
         return output_mse(lambda xq: problem.op(other, xq), ref, problem.out_axis_b)
-    other = problem.quantized('b')
     # The right operand in a @ b layout (..., D, N): a Linear holds its weight as (N, D).
     b, b_q = ((problem.b.t(), other.t()) if problem.linear else (problem.b, other))
     # Per candidate row: D x N integer MACs against D x D float ones through the Gram matrix.

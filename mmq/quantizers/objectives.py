@@ -198,12 +198,12 @@ class IntegerProductMSE:
         shape = tuple(candidate_shape)
         if len(shape) < 2 or fixed_q.dim() < 2:
             return None
+        scale = torch.as_tensor(fixed_scale).to(fixed_q)
         # Layout as a product L @ R with the summed dim last of L, second last of R.
         if linear:
             if fixed_q.dim() != 2 or len(shape) != 2:
                 return None
             fixed_layout = fixed_q.t()  # a^T (in, rows) or w^T (in, out)
-            scale = torch.as_tensor(fixed_scale).to(fixed_q)
             if scale.dim() != 2 and scale.numel() != 1:
                 return None
             scale = scale.reshape(scale.shape if scale.dim() == 2 else (1, 1)).t()
@@ -212,7 +212,6 @@ class IntegerProductMSE:
             if fixed_q.shape[:-2] != shape[:-2]:
                 return None
             fixed_layout = fixed_q
-            scale = torch.as_tensor(fixed_scale).to(fixed_q)
             summed_fixed, summed_cand = (-1, -2) if which == 'b' else (-2, -1)
         if scale.dim() > fixed_layout.dim() or (scale.dim() >= -summed_fixed
                                                 and scale.shape[summed_fixed] != 1):
