@@ -387,6 +387,46 @@ def test_integer_product_scoring_matches_the_float_output_mse():
     assert refused(torch.randint(-8, 8, (2, 3, 10, 8), generator=g).float() * per_dim, per_dim)
 
 
+def test_candidate_products_equal_the_broadcast_op_without_copying_the_fixed_operand():
+    """The direct output MSE's products (a Linear's weights or inputs, either operand of a
+    batched matmul, the Gram objective's ``d @ G``) are one product per candidate instead of
+    ``torch.matmul``'s broadcast, which copies the fixed operand once per candidate: the same
+    values as the broadcast op."""
+    from mmq.quantizers.layer_schedule import CalibrationProblem
+    from mmq.quantizers.objectives import candidate_matmul
+    g = torch.Generator().manual_seed(0)
+    k = 5
+    cases = [  # (left, right, candidates_left)
+        (torch.randn(k, 2, 3, 7, 9, generator=g), torch.randn(2, 3, 9, 4, generator=g), True),
+        (torch.randn(2, 3, 7, 9, generator=g), torch.randn(k, 2, 3, 9, 4, generator=g), False),
+        (torch.randn(k, 6, 9, generator=g), torch.randn(9, 4, generator=g), True),
+        (torch.randn(6, 9, generator=g), torch.randn(k, 9, 4, generator=g), False),
+    ]
+    for left, right, cands_left in cases:
+        expected = torch.matmul(left, right)
+        with torch.no_grad():
+            got = candidate_matmul(left, right, cands_left)
+        assert got.shape == expected.shape
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    # Through a problem: Linear (a @ b^T) and batched matmul, candidates on either side.
+    a, w = torch.randn(6, 9, generator=g), torch.randn(4, 9, generator=g)
+    linear = CalibrationProblem(a=a, b=w, qa=None, qb=None,
+                                op=lambda x, y: torch.matmul(x, y.transpose(-1, -2)),
+                                out_axis_a=None, out_axis_b=-1, linear=True)
+    qk = CalibrationProblem(a=torch.randn(2, 3, 7, 9, generator=g),
+                            b=torch.randn(2, 3, 9, 4, generator=g), qa=None, qb=None,
+                            op=torch.matmul, out_axis_a=None, out_axis_b=None, is_product=True)
+    for problem in (linear, qk):
+        for which, other in (('a', problem.b), ('b', problem.a)):
+            cands = (problem.a if which == 'a' else problem.b) + 0.1 * torch.randn(
+                k, *(problem.a if which == 'a' else problem.b).shape, generator=g)
+            expected = (problem.op(cands, other) if which == 'a'
+                        else problem.op(other, cands))
+            with torch.no_grad():
+                got = problem.candidates_op(which, other)(cands)
+            torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize('layer', ['linear', 'linear-tokens', 'matmul'])
 def test_integer_and_float_scoring_choose_the_same_parameters(monkeypatch, layer):
     """A Linear (static or dynamic per-token input quantizer) and a q @ k^T matmul

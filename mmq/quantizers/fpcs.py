@@ -199,7 +199,7 @@ def _log_score(x: Tensor, bits: int, r: int, shift: float, table: bool, objectiv
         values = log_levels(bits, q.flatten(), r, table, x.dtype).to(x.device)
         if fused:
             return log_self_mse(shifted, scale, -(r / q), values, 2**bits, LOG_TINY).t()
-        xq = log_fake_quant(shifted, scale, -(r / q), values, 2**bits, LOG_TINY) - shift
+        xq = log_fake_quant(shifted, scale, -(r / q), values, 2**bits, LOG_TINY, shift)
         return objective(xq.reshape(q.shape[0], *x.shape)).t()
 
     return score

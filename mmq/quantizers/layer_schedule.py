@@ -15,7 +15,7 @@ from torch import Tensor
 from .calibrators import FPCSCalibrator
 from .base_quantizer import BaseQuantizer
 from .objectives import (INT_CODE_MAX, InputGramMSE, IntegerProductMSE, LinearWeightMSE,
-                         Objective, output_mse, self_mse, sqnr_db)
+                         Objective, candidate_matmul, output_mse, self_mse, sqnr_db)
 from .uniform_quantizer import UniformQuantizer
 
 
@@ -36,6 +36,21 @@ class CalibrationProblem:
 
     def __post_init__(self) -> None:
         self.is_product = self.is_product or self.linear
+
+    def candidates_op(self, which: str, other: Tensor) -> Callable[[Tensor], Tensor]:
+        """``op`` batched over a leading candidate dim of operand ``which``, the other operand
+        held at ``other``; for products without copying ``other`` once per candidate
+        (:func:`candidate_matmul`)."""
+        if not self.is_product:
+            return ((lambda xq: self.op(xq, other)) if which == 'a'
+                    else (lambda xq: self.op(other, xq)))
+        if self.linear:  # a @ b^T
+            if which == 'a':
+                return lambda xq: candidate_matmul(xq, other.transpose(-1, -2), True)
+            return lambda xq: candidate_matmul(other, xq.transpose(-1, -2), False)
+        if which == 'a':
+            return lambda xq: candidate_matmul(xq, other, True)
+        return lambda xq: candidate_matmul(other, xq, False)
 
     def quantized(self, which: str) -> Tensor:
         x, q = (self.a, self.qa) if which == 'a' else (self.b, self.qb)
@@ -108,7 +123,7 @@ def output_objective(problem: CalibrationProblem, which: str, ref: Tensor) -> Ob
             return integer
         if gram and problem.linear and problem.a.shape[0] > problem.a.shape[1]:
             return LinearWeightMSE(problem.a, other, problem.b)
-        return output_mse(lambda xq: problem.op(other, xq), ref, problem.out_axis_b)
+        return output_mse(problem.candidates_op('b', other), ref, problem.out_axis_b)
     # The right operand in a @ b layout (..., D, N): a Linear holds its weight as (N, D).
     b, b_q = ((problem.b.t(), other.t()) if problem.linear else (problem.b, other))
     # Per candidate row: D x N integer MACs against D x D float ones through the Gram matrix.
@@ -118,7 +133,7 @@ def output_objective(problem: CalibrationProblem, which: str, ref: Tensor) -> Ob
         return InputGramMSE(problem.a, b, b_q, problem.out_axis_a)
     if integer is not None:
         return integer
-    return output_mse(lambda xq: problem.op(xq, other), ref, problem.out_axis_a)
+    return output_mse(problem.candidates_op('a', other), ref, problem.out_axis_a)
 
 
 def solve(problem: CalibrationProblem, make_calibrator: CalibratorFactory, rounds: int,

@@ -43,6 +43,29 @@ def self_mse(x: Tensor, ch_axis: Optional[int] = None) -> Objective:
     return SelfMSE(x, ch_axis)
 
 
+def candidate_matmul(left: Tensor, right: Tensor, candidates_left: bool) -> Tensor:
+    """``left @ right`` where one operand holds ``K`` candidates along a leading dim
+    (``left`` when ``candidates_left``) and the other is fixed, without copying the fixed
+    operand ``K`` times: ``torch.matmul`` would expand it to ``(K, *batch, ...)`` and copy
+    it (as costly as the product itself for attention maps), unless it is a matrix that the
+    candidates' rows fold into. Elsewhere one product per candidate, into one output."""
+    if candidates_left and right.dim() == 2:
+        return torch.matmul(left, right)  # (K * rows, D) @ (D, N): one product, no copies
+    if torch.is_grad_enabled() and (left.requires_grad or right.requires_grad):
+        return torch.matmul(left, right)
+    k = left.shape[0] if candidates_left else right.shape[0]
+    first = (torch.matmul(left[0], right) if candidates_left
+             else torch.matmul(left, right[0]))
+    out = first.new_empty((k, *first.shape))
+    out[0] = first
+    for i in range(1, k):
+        if candidates_left:
+            torch.matmul(left[i], right, out=out[i])
+        else:
+            torch.matmul(left, right[i], out=out[i])
+    return out
+
+
 def output_mse(forward: Callable[[Tensor], Tensor], reference: Tensor,
                out_ch_axis: Optional[int] = None) -> Objective:
     """MSE of ``forward(candidates)`` (batched over K) against the float ``reference`` output,
@@ -93,7 +116,7 @@ class InputGramMSE:
 
     def __call__(self, xq: Tensor) -> Tensor:
         d = xq - self.a
-        terms = torch.matmul(d, self.gram).add_(self.cross).mul_(d)
+        terms = candidate_matmul(d, self.gram, True).add_(self.cross).mul_(d)
         loss = canonical_groups(terms, self.group_axis, leading=1).sum(dim=(1, 3))
         return (loss + self.const) / self.count
 
