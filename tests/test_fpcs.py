@@ -388,10 +388,10 @@ def test_integer_product_scoring_matches_the_float_output_mse():
 
 
 def test_candidate_products_equal_the_broadcast_op_without_copying_the_fixed_operand():
-    """The direct output MSE's products (a Linear's weights or inputs, either operand of a
-    batched matmul, the Gram objective's ``d @ G``) are one product per candidate instead of
-    ``torch.matmul``'s broadcast, which copies the fixed operand once per candidate: the same
-    values as the broadcast op."""
+    """The direct output MSE's products (a Linear's or a convolution's weights or inputs,
+    either operand of a batched matmul, the Gram objective's ``d @ G``) are one product per
+    candidate instead of ``torch.matmul``'s broadcast, which copies the fixed operand once
+    per candidate: the same values as the broadcast op."""
     from mmq.quantizers.layer_schedule import CalibrationProblem
     from mmq.quantizers.objectives import candidate_matmul
     g = torch.Generator().manual_seed(0)
@@ -416,7 +416,12 @@ def test_candidate_products_equal_the_broadcast_op_without_copying_the_fixed_ope
     qk = CalibrationProblem(a=torch.randn(2, 3, 7, 9, generator=g),
                             b=torch.randn(2, 3, 9, 4, generator=g), qa=None, qb=None,
                             op=torch.matmul, out_axis_a=None, out_axis_b=None, is_product=True)
-    for problem in (linear, qk):
+    from mmq.models.quant_conv import QuantConv2d
+    from mmq.quantizers import UniformQuantizer
+    conv = QuantConv2d.from_float(torch.nn.Conv2d(3, 4, 3, padding=1), UniformQuantizer(4, 0),
+                                  UniformQuantizer(4)).calibration_problem(
+                                      torch.randn(6, 27, generator=g))
+    for problem in (linear, qk, conv):
         for which, other in (('a', problem.b), ('b', problem.a)):
             cands = (problem.a if which == 'a' else problem.b) + 0.1 * torch.randn(
                 k, *(problem.a if which == 'a' else problem.b).shape, generator=g)

@@ -61,9 +61,12 @@ class QuantConv2d(nn.Conv2d):
         shape = self.weight.shape
         wq, iq = self.weight_quantizer, self.input_quantizer
 
+        def matrix(b: Tensor) -> Tensor:
+            return b.reshape(*b.shape[:-4], out_ch, -1)
+
         def op(a: Tensor, b: Tensor) -> Tensor:
-            return torch.matmul(a, b.reshape(*b.shape[:-4], out_ch, -1).transpose(-1, -2))
+            return torch.matmul(a, matrix(b).transpose(-1, -2))
 
         # The input quantizer is per tensor: on unfolded patches it sees the same values.
         return CalibrationProblem(a=rows, b=self.weight.detach().reshape(shape), qa=iq, qb=wq,
-                                  op=op, out_axis_a=None, out_axis_b=-1)
+                                  op=op, out_axis_a=None, out_axis_b=-1, weight_matrix=matrix)

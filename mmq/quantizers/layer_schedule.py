@@ -33,6 +33,9 @@ class CalibrationProblem:
     out_axis_b: Optional[int]
     linear: bool = False  # op(a, b) == a @ b^T with a (rows, in), b (out, in)
     is_product: bool = False  # op(a, b) == a @ b (or a @ b^T when linear), batched
+    # op(a, b) == a @ weight_matrix(b)^T: a layer that reshapes its weight (a convolution on
+    # unfolded patches: (..., out, C, kh, kw) -> (..., out, C * kh * kw)); searched as is.
+    weight_matrix: Optional[Callable[[Tensor], Tensor]] = None
 
     def __post_init__(self) -> None:
         self.is_product = self.is_product or self.linear
@@ -41,13 +44,14 @@ class CalibrationProblem:
         """``op`` batched over a leading candidate dim of operand ``which``, the other operand
         held at ``other``; for products without copying ``other`` once per candidate
         (:func:`candidate_matmul`)."""
+        matrix = self.weight_matrix or (lambda b: b)
+        if self.linear or self.weight_matrix is not None:  # a @ b^T
+            if which == 'a':
+                return lambda xq: candidate_matmul(xq, matrix(other).transpose(-1, -2), True)
+            return lambda xq: candidate_matmul(other, matrix(xq).transpose(-1, -2), False)
         if not self.is_product:
             return ((lambda xq: self.op(xq, other)) if which == 'a'
                     else (lambda xq: self.op(other, xq)))
-        if self.linear:  # a @ b^T
-            if which == 'a':
-                return lambda xq: candidate_matmul(xq, other.transpose(-1, -2), True)
-            return lambda xq: candidate_matmul(other, xq.transpose(-1, -2), False)
         if which == 'a':
             return lambda xq: candidate_matmul(xq, other, True)
         return lambda xq: candidate_matmul(other, xq, False)
