@@ -152,6 +152,11 @@ def test_fused_log_scoring_matches_fake_quant_log_and_compiles_to_the_same_choic
         fused = log_fake_quant_eager(x.unsqueeze(0) + GELU_SHIFT, scale, -(ADALOG_R / q),
                                      log_levels(4, q.flatten(), ADALOG_R, table), 16, _TINY)
         assert torch.equal(fused, ref)
+        # The shifted quantizer's Q(x + c) - c, the subtraction inside the same pass.
+        shifted = log_fake_quant_eager(x.unsqueeze(0) + GELU_SHIFT, scale, -(ADALOG_R / q),
+                                       log_levels(4, q.flatten(), ADALOG_R, table), 16, _TINY,
+                                       GELU_SHIFT)
+        assert torch.equal(shifted, ref - GELU_SHIFT)
     bases = torch.arange(10, 138)
     results = {}
     for flag in ('0', '1'):
