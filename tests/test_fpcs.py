@@ -485,6 +485,7 @@ def test_large_forward_log_fake_quant_runs_compiled_and_equals_eager(monkeypatch
     chain's values; small tensors and autograd stay eager."""
     from mmq.quantizers import AdaLogQuantizer
     from mmq.quantizers import fused_scores as fs
+    from mmq.quantizers.log_quant import fake_quant_log
     if not fs.compile_enabled():
         pytest.skip('compiled kernels disabled (MMQ_COMPILE=0)')
     g = torch.Generator().manual_seed(0)
@@ -493,20 +494,30 @@ def test_large_forward_log_fake_quant_runs_compiled_and_equals_eager(monkeypatch
     q = AdaLogQuantizer(4, shift=GELU_SHIFT)
     q.set_params(torch.tensor(53), torch.tensor(5.0))
     q.eval()  # the deployed integer-table values
-    calls = []
+    calls, inputs = [], []
     run = fs._run
-    monkeypatch.setattr(fs, '_run', lambda eager, *a: calls.append(eager) or run(eager, *a))
+    monkeypatch.setattr(fs, '_run', lambda eager, *a: calls.append(eager) or inputs.append(
+        a[0].data_ptr()) or run(eager, *a))
     with torch.no_grad():
         fused = q(x)
         small = q(x[0, :8])
-    assert len(calls) == 1  # the large tensor only
+        q.shift_folded.fill_(True)
+        fused_folded = q(x)
+        q.shift_folded.fill_(False)
+    assert len(calls) == 2  # the large tensor only
+    # The shift is added and subtracted inside the kernel: it reads x itself, no x + c copy.
+    assert inputs == [x.data_ptr()] * 2
     monkeypatch.setenv('MMQ_COMPILE', '0')
     with torch.no_grad():
         eager = q(x)
+        # The explicit chain: Q(x + c) with the shift added before and subtracted after.
+        chain = fake_quant_log(x + GELU_SHIFT, q.scale, 4, q.q.to(x.dtype), q.r, True)
     assert torch.equal(fused, eager)
+    assert torch.equal(fused, chain - GELU_SHIFT)
+    assert torch.equal(fused_folded, chain)
     assert torch.equal(small, eager[0, :8])
     monkeypatch.delenv('MMQ_COMPILE')
     y = x.clone().requires_grad_(True)
     q.train()  # the differentiable (straight-through) paths, as reconstruction trains them
     q(y).sum().backward()  # autograd keeps the eager path
-    assert len(calls) == 1 and y.grad is not None
+    assert len(calls) == 2 and y.grad is not None

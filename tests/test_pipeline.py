@@ -316,6 +316,33 @@ def test_layernorm_statistics_pass_stops_once_the_linears_have_their_inputs(swin
         assert torch.equal(ranges[id(lin)][1], rows.amax(0))
 
 
+def test_output_sqnr_reference_comes_from_the_float_capture_pass(swin_backbone):
+    """The capture pass runs each block in float (none of its quantizers is calibrated yet):
+    its outputs are the output SQNR's reference, so no block runs a float pass more (before:
+    the first 4 items ran again with quantization off). The SQNR is the one that float pass
+    gives, exactly."""
+    from mmq.calibration import block_calibration as bc
+    model = copy.deepcopy(swin_backbone)
+    block = model.stages[0].blocks[0]
+    runs, outputs = [], []
+
+    def hook(module, args, out):
+        runs.append(module.ffn.layers[0][0].input_quantizer.is_active)
+        outputs.append(out)
+
+    handle = block.register_forward_hook(hook)
+    try:
+        report = mmq.quantize(model, _images(2, seed=3), FAST_QUANT)
+    finally:
+        handle.remove()
+    # Capture (float) and output (quantized) passes on 2 images; the LayerNorm statistics
+    # pass stops inside the block (at fc1), so its forward never completes.
+    assert runs == [False, False, True, True]
+    unit = next(u for u in report['units'] if u['unit'] == 'stages.0.blocks.0')
+    expected = np.mean([bc.sqnr_db(ref, out) for ref, out in zip(outputs[:2], outputs[2:])])
+    assert unit['output_sqnr_db'] == pytest.approx(expected, rel=1e-12)
+
+
 def test_search_sample_size_does_not_grow_with_the_calibration_set():
     """More images than ``search_rows`` / ``search_windows``: the search scores that many rows
     and maps in all (from seeded items), not one per image, so its cost stays flat; with

@@ -15,7 +15,7 @@ from mmq.models.attention_output_reparam import reparameterize_attention_output
 from mmq.models.layernorm_reparam import reparameterize
 from mmq.models.quant_linear import QuantLinear, sample_rows
 from mmq.models.quant_matmul import QuantMatMul
-from mmq.models.transform import QUANT_LAYERS, set_quant_enabled
+from mmq.models.transform import QUANT_LAYERS, quantizers, set_quant_enabled
 from mmq.quantizers.base_quantizer import BaseQuantizer
 from mmq.quantizers.fpcs import fpcs_uniform
 from mmq.quantizers.layer_schedule import solve
@@ -230,7 +230,11 @@ def _run_store(unit: Unit, store: ActivationStore) -> Callable[[], int]:
 
 def calibrate_unit(unit: Unit, store: ActivationStore, qcfg: QuantConfig,
                    names: Dict[int, str], index: int) -> tuple:
-    """Calibrate every quantized layer of ``unit`` and return (report, next-unit inputs)."""
+    """Calibrate every quantized layer of ``unit`` and return (report, next-unit inputs).
+
+    Passes over the unit's inputs: LayerNorm statistics (where the unit has LayerNorm-fed
+    Linears), capture (float: the layers' input samples and the float outputs the output
+    SQNR is measured against), then the quantized outputs."""
     start = time.perf_counter()
     generator = seeded_generator(qcfg.seed, 'calibrate', index)
     layers = [m for m in unit.module.modules() if isinstance(m, QUANT_LAYERS)]
@@ -240,7 +244,19 @@ def calibrate_unit(unit: Unit, store: ActivationStore, qcfg: QuantConfig,
             qcfg.seed, 'ln_search', index))
     if qcfg.proj_reparam:
         passes += _attention_output_reparam(unit, store, qcfg)
-    samples = capture_samples(layers, _run_store(unit, store), qcfg, generator, len(store))
+    # With no quantizer of the unit active yet, the capture pass is a float pass: keep the
+    # float outputs of the first items for the output SQNR instead of running them again.
+    float_capture = not any(q.is_active for q in quantizers(unit.module))
+    references: List[torch.Tensor] = []
+
+    def run_all() -> int:
+        for i, item in enumerate(store):
+            out = unit.run(item)
+            if float_capture and i < SQNR_ITEMS:
+                references.append(first_tensor(out))
+        return len(store)
+
+    samples = capture_samples(layers, run_all, qcfg, generator, len(store))
     passes += 1
     layer_reports = calibrate_layers(layers, samples, qcfg, names, f'calibration unit {unit.name}')
     # Quantized outputs become the next unit's inputs; SQNR against the float unit on a few.
@@ -249,10 +265,13 @@ def calibrate_unit(unit: Unit, store: ActivationStore, qcfg: QuantConfig,
     for i, item in enumerate(store):
         out = unit.run(item)
         if i < SQNR_ITEMS:
-            set_quant_enabled(unit.module, False)
-            ref = unit.run(item)
-            set_quant_enabled(unit.module, True)
-            sqnrs.append(sqnr_db(first_tensor(ref), first_tensor(out)))
+            if i < len(references):
+                ref = references[i]
+            else:
+                set_quant_enabled(unit.module, False)
+                ref = first_tensor(unit.run(item))
+                set_quant_enabled(unit.module, True)
+            sqnrs.append(sqnr_db(ref, first_tensor(out)))
         next_store.append(out)
     passes += 1
     report = dict(stage='calibrate', unit=unit.name, index=index,

@@ -153,14 +153,15 @@ def grouped_mse(out: Tensor, ref: Tensor) -> Tensor:
 
 
 def log_fake_quant_eager(x: Tensor, scale: Tensor, coef: Tensor, values: Tensor,
-                         max_code: int, tiny: float, offset: float = 0.0) -> Tensor:
+                         max_code: int, tiny: float, offset: float = 0.0,
+                         shift: float = 0.0) -> Tensor:
     """The no-autograd log fake-quant of ``K`` candidates (as
     :func:`mmq.quantizers.log_quant.fake_quant_log` computes it): codes
     ``round(log2(x / s) * coef)`` (``coef = -r / q`` per candidate, broadcast like ``scale``)
     index each candidate's row of ``values`` (``(K, 2^b + 1)``, the last entry 0 for codes
-    past the range); ``offset`` is subtracted from the result in the same pass (a shifted
-    quantizer's ``Q(x + c) - c``)."""
-    x_t = torch.clamp(x / scale, tiny, 1.0)  # x (1, N), parameters (K, 1)
+    past the range); ``shift`` is added to ``x`` and ``offset`` subtracted from the result
+    in the same pass (a shifted quantizer's ``Q(x + c) - c``: ``shift = offset = c``)."""
+    x_t = torch.clamp((x + shift if shift else x) / scale, tiny, 1.0)  # x (1, N), params (K, 1)
     idx = torch.clamp(torch.round(torch.log2(x_t) * coef), max=max_code).long()
     k = values.shape[0]
     if k == 1:
@@ -172,9 +173,9 @@ def log_fake_quant_eager(x: Tensor, scale: Tensor, coef: Tensor, values: Tensor,
 
 
 def log_fake_quant(x: Tensor, scale: Tensor, coef: Tensor, values: Tensor, max_code: int,
-                   tiny: float, offset: float = 0.0) -> Tensor:
+                   tiny: float, offset: float = 0.0, shift: float = 0.0) -> Tensor:
     """:func:`log_fake_quant_eager`, compiled when possible."""
-    return _run(log_fake_quant_eager, x, scale, coef, values, max_code, tiny, offset)
+    return _run(log_fake_quant_eager, x, scale, coef, values, max_code, tiny, offset, shift)
 
 
 def log_self_mse_eager(x: Tensor, scale: Tensor, coef: Tensor, values: Tensor, max_code: int,

@@ -151,31 +151,37 @@ def log_levels(bits: int, q: QLike, r: int, table: bool, dtype=torch.float32) ->
 
 
 def fake_quant_log(x: Tensor, scale: Tensor, bits: int, q: QLike, r: int,
-                   table: bool = False) -> Tensor:
-    """Quantize-dequantize; unchecked (hot path). ``table=False`` is differentiable (STE).
+                   table: bool = False, shift: float = 0.0, offset: float = 0.0) -> Tensor:
+    """Quantize-dequantize ``x + shift``, minus ``offset``; unchecked (hot path).
+    ``table=False`` is differentiable (STE).
 
     Without autograd, codes index a per-base table of values (what both paths compute, in
-    a few ops); ``q`` may hold one base per leading candidate index.
+    a few ops); ``q`` may hold one base per leading candidate index. A shifted quantizer's
+    ``Q(x + c) - c`` is ``shift = offset = c``: on a large tensor both happen inside the one
+    fused pass (no extra passes over ``x`` for the shift, none at all when it is 0).
     """
     if torch.is_grad_enabled() and (x.requires_grad or torch.as_tensor(scale).requires_grad):
-        codes, mask = _codes(x, scale, bits, q, r, ste=not table)
+        codes, mask = _codes(x + shift if shift else x, scale, bits, q, r, ste=not table)
         if table:
-            return _dequantize_table(codes, mask, scale, bits, q, r)
-        return _dequantize_exact(codes, mask, scale, q, r)
+            out = _dequantize_table(codes, mask, scale, bits, q, r)
+        else:
+            out = _dequantize_exact(codes, mask, scale, q, r)
+        return out - offset if offset else out
     values = log_levels(bits, q, r, table, x.dtype).to(x.device)
     if values.shape[0] == 1 and fused_forward(x, scale):  # a large tensor: one fused pass
         s = torch.as_tensor(scale, dtype=x.dtype, device=x.device).reshape(1, 1)
         coef = -(r / torch.as_tensor(q, dtype=x.dtype, device=x.device)).reshape(1, 1)
-        return log_fake_quant_fused(x.reshape(1, -1), s, coef, values, 2**bits,
-                                    _TINY).reshape(x.shape)
-    x_t = torch.clamp(x / scale, _TINY, 1.0)
+        return log_fake_quant_fused(x.reshape(1, -1), s, coef, values, 2**bits, _TINY,
+                                    offset, shift).reshape(x.shape)
+    x_t = torch.clamp((x + shift if shift else x) / scale, _TINY, 1.0)
     k = torch.log2(x_t).mul_(-(r / torch.as_tensor(q, dtype=x.dtype)))
     idx = k.round_().clamp_(max=2**bits).long()  # 2^b and beyond: past the range -> 0
     if values.shape[0] == 1:
         out = values[0][idx]
     else:
         out = values.gather(1, idx.reshape(values.shape[0], -1)).reshape(idx.shape)
-    return out.mul_(scale)
+    out = out.mul_(scale)
+    return out.sub_(offset) if offset else out
 
 
 def log_fake_quant(x: Tensor, scale: Tensor, bits: int, q: QLike, r: int,

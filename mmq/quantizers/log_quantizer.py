@@ -109,9 +109,9 @@ class LogQuantizer(BaseQuantizer):
     def forward(self, x: Tensor) -> Tensor:
         if not self.is_active:
             return x
-        out = fake_quant_log(x + self.shift, self.scale, self.bits, self.q.to(x.dtype), self.r,
-                             self.use_table)
-        return out if bool(self.shift_folded) else out - self.shift
+        offset = 0.0 if bool(self.shift_folded) else self.shift
+        return fake_quant_log(x, self.scale, self.bits, self.q.to(x.dtype), self.r,
+                              self.use_table, shift=self.shift, offset=offset)
 
     def float_path(self, x: Tensor) -> Tensor:
         """Float ``x`` in this quantizer's output convention: ``x + shift`` once the next
