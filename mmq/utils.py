@@ -87,6 +87,7 @@ _SEED_STREAMS = {
     'mr': (1000003, 7, 0),  # MLP reconstruction rows
     'reconstruct': (1000003, 1, 17),  # QDrop masks and batches of unit ``index``
     'reconstruct_neck': (1000003, 999983, 0),
+    'reconstruct_box_head': (1000003, 999979, 13),  # of box-head stage ``index``
 }
 
 

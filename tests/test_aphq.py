@@ -228,6 +228,20 @@ def test_stage_options_are_checked():
     with pytest.raises(ValueError, match='pass_bytes=0 must be a positive integer'):
         QuantConfig(reconstruct=dict(pass_bytes=0))
     assert QuantConfig(reconstruct=dict(pass_bytes=None)).reconstruct_options().pass_bytes is None
+    # The box head is only quantized (so only reconstructed) at detector scope.
+    with pytest.raises(ValueError, match="box_head=True .* scope='detector'"):
+        QuantConfig(reconstruct=dict(box_head=True))
+    with pytest.raises(ValueError, match='box_head_rois=0 must be a positive integer'):
+        QuantConfig(scope='detector', reconstruct=dict(box_head=True, box_head_rois=0))
+    assert QuantConfig(scope='detector',
+                       reconstruct=dict(box_head=True)).reconstruct_options().box_head
+    # ... of a two-stage detector: a bare backbone is refused before any work.
+    vit = VisionTransformer(img_size=32, patch_size=16, embed_dim=32, depth=1, num_heads=2,
+                            num_classes=0)
+    with pytest.raises(ValueError, match='box_head=True .* has none'):
+        mmq.quantize(vit, [torch.randn(1, 3, 32, 32)],
+                     dict(scope='detector', stages=['calibrate', 'reconstruct'],
+                          reconstruct=dict(box_head=True)))
 
 
 def test_stages_through_the_hook_save_stage_results_and_restart_from_one(shapes_data, tmp_path):

@@ -162,13 +162,15 @@ def test_committed_dinov2_detector_keeps_its_accuracy_at_w6a6(demo_split, tmp_pa
 def test_detector_scope_reconstructs_the_neck(demo_split, tmp_path):
     """scope='detector' with reconstruction: the ViTDet pyramid (plain MSE over its levels)
     and, after the backbone, the FPN are reconstructed too (their weight quantizers hold
-    learned rounding)."""
+    learned rounding); with ``box_head`` the RoI box head after them, on the float model's
+    RoIs (plain MSE of its class scores and box deltas)."""
     work = str(tmp_path / 'rec')
     _run('vit', demo_split, work, dict(FAST_QUANT, scope='detector',
                                        stages=['calibrate', 'reconstruct'],
                                        # 16 steps: at 8 the neck's gain is within the
                                        # rerun noise (one CPU thread: it reverted)
-                                       reconstruct=dict(iters=16, batch=2, aph_images=1)),
+                                       reconstruct=dict(iters=16, batch=2, aph_images=1,
+                                                        box_head=True, box_head_rois=64)),
          num_images=2)
     report = __import__('json').load(open(osp.join(work, 'calibration_report.json')))
     neck = [u for u in report['units'] if u.get('unit') == 'neck']
@@ -181,3 +183,9 @@ def test_detector_scope_reconstructs_the_neck(demo_split, tmp_path):
                and u['stage'] == 'reconstruct']
     assert len(pyramid) == 1 and pyramid[0]['objective'] == 'mse', pyramid
     assert pyramid[0]['layers'] > 0 and pyramid[0]['loss_trained'] < pyramid[0]['loss_before']
+    box = [u for u in report['units'] if u.get('unit') == 'roi_head.bbox_head']
+    assert len(box) == 1 and box[0]['stage'] == 'reconstruct' and box[0]['objective'] == 'mse'
+    assert box[0]['layers'] > 0 and box[0]['loss_trained'] < box[0]['loss_before'], box
+    rounding = [k for k in state if k.startswith('roi_head.bbox_head.')
+                and k.endswith('weight_quantizer.rounding')]
+    assert rounding and (box[0]['reverted'] or all(state[k].numel() > 0 for k in rounding))

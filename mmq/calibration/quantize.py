@@ -17,7 +17,8 @@ from mmq.models.transform import count_quant_layers, quantize_modules, quantizer
 from mmq.quantizers.validation import check_finite
 from .activation_store import ActivationStore
 from .mlp_reconstruction import apply_relu
-from .stages import StageRun, quant_target, run_calibrate, run_mr, run_reconstruct
+from .stages import (StageRun, check_box_head, quant_target, run_calibrate, run_mr,
+                     run_reconstruct)
 from .units import build_units, is_detector
 
 STAGE_FIELDS = ('stages', 'mr', 'reconstruct')
@@ -119,6 +120,7 @@ def quantize(model: nn.Module,
     detector = is_detector(model)
     backbone = model.backbone if detector else model
     build_units(backbone)  # a clear error for unsupported backbones, before any work
+    check_box_head(model, qcfg)
     stages_done, resume_stage, units_done, reports = _resume_progress(resume, qcfg, logger)
     was_training = model.training
     model.eval()

@@ -2,7 +2,8 @@
 
 'mr' (MLP Reconstruction on the float model, then the quantized structure), 'calibrate'
 (FPCS / MinMax / percentile, block by block, then the neck and heads at detector scope) and
-'reconstruct' (APH-weighted block reconstruction, then the neck at detector scope). Each
+'reconstruct' (APH-weighted block reconstruction, then the neck at detector scope, and the
+RoI box heads with ``reconstruct.box_head``). Each
 returns its stage report; per-unit reports go through :meth:`StageRun.report_unit`.
 """
 import time
@@ -16,10 +17,23 @@ from mmq.models.transform import quantize_modules
 from .activation_store import ActivationStore
 from .aph import task_for
 from .block_calibration import calibrate_units
+from .box_head_reconstruction import reconstruct_box_heads
 from .detector_calibration import calibrate_neck_and_heads
 from .mlp_reconstruction import mlp_reconstruction
 from .reconstruction_stage import reconstruct_neck, reconstruct_units
 from .units import Unit, build_units, is_detector
+
+
+def check_box_head(model: nn.Module, qcfg: QuantConfig) -> None:
+    """``reconstruct.box_head`` needs a detector with an RoI box head (checked before any
+    work: the box heads are reconstructed last)."""
+    if 'reconstruct' not in qcfg.stages or not qcfg.reconstruct_options().box_head:
+        return
+    roi_head = getattr(model, 'roi_head', None) if is_detector(model) else None
+    if roi_head is None or not getattr(roi_head, 'with_bbox', False):
+        raise ValueError('quant_cfg.reconstruct.box_head=True reconstructs the RoI box head of '
+                         f'a two-stage detector; {type(model).__name__} has none: drop '
+                         'box_head.')
 
 
 def quant_target(model: nn.Module, qcfg: QuantConfig) -> nn.Module:
@@ -93,7 +107,7 @@ def run_calibrate(run: StageRun) -> dict:
 
 def run_reconstruct(run: StageRun) -> dict:
     """APH-weighted reconstruction of the backbone units (towards the original float model
-    when MR ran), then the neck."""
+    when MR ran), then the neck, then (``box_head``) the RoI box heads."""
     opts = run.qcfg.reconstruct_options()
     fp_model = run.model if run.reference is None else run.reference
     forward, task_loss, eps = task_for(fp_model, opts.eps)
@@ -106,4 +120,8 @@ def run_reconstruct(run: StageRun) -> dict:
     if run.detector_scope and getattr(run.model, 'neck', None) is not None:
         run.report_unit(reconstruct_neck(run.model, fp_model, run.store, opts, run.qcfg.seed,
                                          run.logger))
+    if opts.box_head:
+        for report in reconstruct_box_heads(run.model, fp_model, run.batches, run.store, opts,
+                                            run.qcfg.seed, run.logger):
+            run.report_unit(report)
     return dict(stage='reconstruct', seconds=rec['seconds'], aph_seconds=rec['aph_seconds'])

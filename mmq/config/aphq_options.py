@@ -61,6 +61,11 @@ class ReconstructOptions:
             base stays the searched one; published: only uniform scales are learned).
         eps: APH perturbation (``None``: 1e-3 for detectors, 1e-6 for classifiers).
         aph_images: Calibration batches the APH importance is averaged over (``None``: all).
+        box_head: Also reconstruct the RoI box head(s) after the neck (``scope='detector'``
+            only; beyond the published pipeline, which leaves the heads calibrated; see
+            :mod:`mmq.calibration.box_head_reconstruction`).
+        box_head_rois: RoIs per image the box heads are reconstructed on (the float model's
+            best proposals).
     """
     iters: int = 20000
     batch: int = 32
@@ -74,6 +79,8 @@ class ReconstructOptions:
     eps: Optional[float] = None
     aph_images: Optional[int] = None
     learn_log_scales: bool = False
+    box_head: bool = False
+    box_head_rois: int = 128
 
 
 def build_options(cls, cfg: Optional[dict], key: str):
@@ -88,7 +95,7 @@ def build_options(cls, cfg: Optional[dict], key: str):
         v = getattr(opts, f.name)
         if f.name in ('aph_images', 'pass_bytes') and v is None:
             continue
-        if f.name in ('iters', 'batch', 'rows', 'aph_images', 'pass_bytes') and (
+        if f.name in ('iters', 'batch', 'rows', 'aph_images', 'pass_bytes', 'box_head_rois') and (
                 not isinstance(v, int) or v < 1):
             raise ValueError(f'quant_cfg.{key}.{f.name}={v!r} must be a positive integer.')
         if f.name in ('lr', 'round_lr') and not v > 0:

@@ -150,7 +150,10 @@ class QuantConfig:
     def __post_init__(self) -> None:
         self.stages = list(check_stages(self.stages))
         self.mr_options()
-        self.reconstruct_options()
+        if self.reconstruct_options().box_head and self.scope != 'detector':
+            raise ValueError("quant_cfg.reconstruct.box_head=True reconstructs the RoI box "
+                             "head, which only scope='detector' quantizes: set "
+                             "quant_cfg.scope='detector' or drop box_head.")
         check_bits(self.w_bits, UNIFORM_BITS, 'w_bits')
         check_bits(self.a_bits, UNIFORM_BITS, 'a_bits')
         if isinstance(self.search_outliers, bool) or not (

@@ -1,0 +1,112 @@
+"""What the W4A4 RoI box head costs at detector scope, and what reconstructing it wins back.
+
+    python benchmarks/box_head_reconstruction.py --row WORK_DIR [--eval-before] [--probe]
+        [--rois 128] [--iters N] [--seed N]
+
+``WORK_DIR`` is an accuracy-benchmark row at detector scope that ran the 'reconstruct' stage
+(its ``stage_reconstruct.pth``: backbone blocks and neck reconstructed, RPN and RoI heads at
+their calibration, as the published pipeline leaves them). The script
+
+- with ``--probe``, evaluates that state with each head's quantizers switched off in turn
+  (RPN, box head, mask head): which head's quantization costs the AP;
+- reconstructs the box head(s) on the row's own calibration images and seed
+  (:func:`mmq.calibration.box_head_reconstruction.reconstruct_box_heads`, the row's
+  reconstruction schedule, ``reconstruct.box_head=True``), towards the original float
+  model's head outputs (the float checkpoint, also when the row ran MR), and evaluates it.
+
+Prints box / mask AP on the shapes val set (mmdet's metric); one thread.
+"""
+import argparse
+import copy
+import os.path as osp
+import tempfile
+import time
+
+import torch
+from mmengine.config import Config
+from mmengine.runner import Runner, load_checkpoint
+
+from mmq.calibration.activation_store import ActivationStore
+from mmq.calibration.box_head_reconstruction import reconstruct_box_heads
+from mmq.calibration.quantize import prepare
+from mmq.calibration.quantized_state import load_partial_state
+from mmq.config import QuantConfig
+from mmq.hooks import QuantCalibrationHook
+from mmq.models.transform import quantizers
+
+
+def evaluate(runner: Runner, label: str) -> dict:
+    metrics = runner.test()
+    print(f"{label}: box AP {metrics['coco/bbox_mAP']:.3f}, mask AP "
+          f"{metrics['coco/segm_mAP']:.3f}", flush=True)
+    return metrics
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('--row', required=True, help="a detector-scope row's work dir")
+    parser.add_argument('--rois', type=int, default=128, help='RoIs per image')
+    parser.add_argument('--iters', type=int, help="steps (default: the row's schedule)")
+    parser.add_argument('--eval-before', action='store_true', help='evaluate the row first')
+    parser.add_argument('--probe', action='store_true', help='each head float in turn')
+    parser.add_argument('--seed', type=int, help="reconstruction seed (default: the row's)")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    state = osp.join(args.row, 'stage_reconstruct.pth')
+    partial = load_partial_state(state)
+    if partial is None:
+        raise SystemExit(f'{state} does not exist: run a +rec@detector row first.')
+    qcfg = QuantConfig.from_dict(partial['quant_cfg'])
+    if qcfg.scope != 'detector':
+        raise SystemExit(f'{args.row} is a {qcfg.scope}-scope row: its heads are float.')
+    cfg = Config.fromfile(osp.join(args.row, 'config.py'))
+    hook_cfg = next((h for h in cfg.get('custom_hooks', [])
+                     if 'QuantCalibrationHook' in str(h.get('type'))), {})
+    checkpoint = cfg.load_from
+    cfg.custom_hooks = []  # the saved state is loaded below, not calibrated again
+    cfg.load_from = None
+    cfg.model.backbone.pretrained = None
+    cfg.work_dir = tempfile.mkdtemp(prefix='mmq_box_head_')
+    cfg.log_level = 'WARNING'
+    runner = Runner.from_cfg(cfg)
+    model = runner.model
+    fp_model = copy.deepcopy(model).eval()  # the original float detector (before any MR)
+    load_checkpoint(fp_model, checkpoint, map_location='cpu', logger='silent')
+    prepare(model, qcfg)
+    model.load_state_dict(partial['state_dict'])
+    model.eval()
+    if args.eval_before:
+        evaluate(runner, 'as saved (box head calibrated)')
+    if args.probe:
+        heads = dict(rpn=model.rpn_head, box=model.roi_head.bbox_head,
+                     mask=model.roi_head.mask_head)
+        for name, head in heads.items():
+            for q in quantizers(head):
+                q.enabled = False
+            evaluate(runner, f'{name} head float')
+            for q in quantizers(head):
+                q.enabled = True
+    hook = QuantCalibrationHook(num_images=hook_cfg.get('num_images', 32),
+                                seed=hook_cfg.get('seed', 0))
+    batches = [model.data_preprocessor(b, False) for b in hook.calibration_loader(runner)]
+    opts = qcfg.reconstruct_options()
+    opts.box_head, opts.box_head_rois = True, args.rois
+    if args.iters:
+        opts.iters = args.iters
+    start = time.perf_counter()
+    store = ActivationStore(2 * 1024**3)
+    try:
+        with torch.no_grad():
+            reports = reconstruct_box_heads(model, fp_model, batches, store, opts,
+                                            qcfg.seed if args.seed is None else args.seed)
+    finally:
+        store.close()
+    for r in reports:
+        print(f"{r['unit']}: MSE {r['loss_before']:.4g} -> {r['loss_after']:.4g} "
+              f"(reverted: {r['reverted']}), {len(batches)} images x {args.rois} RoIs, "
+              f'{opts.iters} steps, {time.perf_counter() - start:.1f} s', flush=True)
+    evaluate(runner, 'box head reconstructed')
+
+
+if __name__ == '__main__':
+    main()

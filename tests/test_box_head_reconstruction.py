@@ -1,0 +1,69 @@
+"""RoI box-head reconstruction data (``reconstruct.box_head``) on the shipped Cascade Mask
+R-CNN config: one head per cascade stage, each on the float model's own RoIs of that stage."""
+import os.path as osp
+
+import pytest
+import torch
+from mmdet.structures import DetDataSample
+
+from mmq.calibration.activation_store import ActivationStore
+from mmq.calibration.box_head_reconstruction import _first_rois, _head_data, box_heads
+from mmq.calibration.quantize import prepare
+from mmq.config import QuantConfig
+from mmq.config.detector_config import build_detector
+
+ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+CASCADE = osp.join(ROOT, 'configs/cascade_mask_rcnn/cascade-mask-rcnn_swin-t_w4a4-adalog_coco.py')
+
+
+def test_first_rois_keeps_each_images_leading_rois():
+    rois = torch.tensor([[0, 1, 1, 2, 2], [0, 2, 2, 3, 3], [0, 3, 3, 4, 4],
+                         [1, 5, 5, 6, 6], [1, 6, 6, 7, 7]], dtype=torch.float)
+    assert _first_rois(rois, 2).tolist() == [0, 1, 3, 4]
+    assert _first_rois(rois, 1).tolist() == [0, 3]
+
+
+@pytest.fixture(scope='module')
+def cascade():
+    torch.manual_seed(0)
+    model = build_detector(CASCADE)
+    # Quantized structure, nothing calibrated yet: the quantized path is the float one.
+    prepare(model, QuantConfig(scope='detector'))
+    return model
+
+
+def test_cascade_box_heads_get_their_own_stage_rois(cascade):
+    """Every cascade stage's head gets inputs and targets on at most ``per_image`` RoIs per
+    image; with no quantizer calibrated, the quantized model's features pooled over the
+    captured RoIs are exactly the float head's inputs, and the targets are the head's own
+    outputs on them (so inputs, targets and RoIs describe the same boxes)."""
+    model = cascade
+    stages = box_heads(model.roi_head)
+    assert len(stages) == 3
+    g = torch.Generator().manual_seed(0)
+    h, w = 128, 160
+    batches = []
+    for _ in range(2):
+        sample = DetDataSample(metainfo=dict(img_shape=(h, w), ori_shape=(h, w),
+                                             scale_factor=(1.0, 1.0), pad_shape=(h, w),
+                                             batch_input_shape=(h, w)))
+        batches.append(dict(inputs=torch.randn(1, 3, h, w, generator=g), data_samples=[sample]))
+    store = ActivationStore(2**30)
+    stores = [(store.sibling(), store.sibling(), store.sibling()) for _ in stages]
+    try:
+        _head_data(model, model, batches, 16, stores)
+        for (_, head), (q_in, fp_in, targets) in zip(stages, stores):
+            assert len(q_in) == len(fp_in) == len(targets) == len(batches)
+            for (q_x, ), (fp_x, ), outs in zip(q_in, fp_in, targets):
+                assert 0 < q_x.shape[0] <= 16
+                assert torch.equal(q_x, fp_x)
+                with torch.no_grad():
+                    ref = [o for o in head(fp_x) if torch.is_tensor(o)]
+                assert len(outs) == len(ref) == 2  # class scores, box deltas
+                for o, r in zip(outs, ref):
+                    torch.testing.assert_close(o, r)
+    finally:
+        for group in stores:
+            for s in group:
+                s.close()
+        store.close()
