@@ -67,3 +67,16 @@ def test_cascade_box_heads_get_their_own_stage_rois(cascade):
             for s in group:
                 s.close()
         store.close()
+
+
+def test_no_rois_is_a_clear_error(cascade):
+    """A calibration set on which the float model proposes nothing leaves the box heads
+    nothing to learn from: a clear error, not a crash inside the training loop."""
+    from mmq.calibration.box_head_reconstruction import reconstruct_box_heads
+    from mmq.config.aphq_options import ReconstructOptions
+    store = ActivationStore(2**20)
+    try:
+        with pytest.raises(ValueError, match='proposed no RoIs'):
+            reconstruct_box_heads(cascade, cascade, [], store, ReconstructOptions(box_head=True))
+    finally:
+        store.close()

@@ -7,7 +7,7 @@ the W4A4 box head is what detector scope costs (``benchmarks/box_head_reconstruc
 Each box head (one, or one per cascade stage) is trained like the neck: AdaRound, learned
 activation scales and QDrop on the plain MSE of its outputs (class scores, box deltas)
 against the float head's. Its RoIs are the float model's own at that stage (the RPN's best
-``rois_per_image`` proposals, refined by the float earlier stages in a cascade), so inputs
+``box_head_rois`` proposals per image, refined by the float earlier stages in a cascade), so inputs
 and targets describe the same boxes: the float input is the float features pooled over them,
 the quantized input the quantized neck's features pooled over the same RoIs. A box head
 treats every RoI on its own, so keeping the first RoIs of each image is exact for those.
@@ -77,6 +77,8 @@ def _head_data(model: nn.Module, fp_model: nn.Module, batches: List[dict], per_i
                     raise RuntimeError(f'box head {s} did not run in the float predict pass.')
                 rois, fp_x, outs = seen[s]
                 keep = _first_rois(rois, per_image)
+                if keep.numel() == 0:
+                    continue  # no proposal on these images: nothing to learn from
                 q_x = extractor(feats[:extractor.num_inputs], rois[keep])
                 if getattr(model.roi_head, 'with_shared_head', False):
                     q_x = model.roi_head.shared_head(q_x)
@@ -103,6 +105,11 @@ def reconstruct_box_heads(model: nn.Module, fp_model: nn.Module, batches: List[d
         _head_data(model, fp_model, batches, opts.box_head_rois, stores)
         for s, (_, head) in enumerate(stages):
             name = f'roi_head.bbox_head.{s}' if len(stages) > 1 else 'roi_head.bbox_head'
+            if len(stores[s][0]) == 0:
+                raise ValueError(f'{name}: the float model proposed no RoIs on any of the '
+                                 f'{len(batches)} calibration images, so the box head has '
+                                 'nothing to be reconstructed on: check the calibration '
+                                 'images and checkpoint, or drop reconstruct.box_head.')
             unit = Unit(name, head, lambda state, head=head: _head_outputs(head(state[0])))
             generator = seeded_generator(seed, 'reconstruct_box_head', s)
             report = reconstruct_unit(unit, *stores[s], None, opts, generator)
