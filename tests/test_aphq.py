@@ -231,6 +231,8 @@ def test_stage_options_are_checked():
     # The box head is only quantized (so only reconstructed) at detector scope.
     with pytest.raises(ValueError, match="box_head=True .* scope='detector'"):
         QuantConfig(reconstruct=dict(box_head=True))
+    with pytest.raises(ValueError, match="box_head='yes' must be True or False"):
+        QuantConfig(scope='detector', reconstruct=dict(box_head='yes'))
     with pytest.raises(ValueError, match='box_head_rois=0 must be a positive integer'):
         QuantConfig(scope='detector', reconstruct=dict(box_head=True, box_head_rois=0))
     assert QuantConfig(scope='detector',

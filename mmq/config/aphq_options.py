@@ -98,6 +98,8 @@ def build_options(cls, cfg: Optional[dict], key: str):
         if f.name in ('iters', 'batch', 'rows', 'aph_images', 'pass_bytes', 'box_head_rois') and (
                 not isinstance(v, int) or v < 1):
             raise ValueError(f'quant_cfg.{key}.{f.name}={v!r} must be a positive integer.')
+        if f.name == 'box_head' and not isinstance(v, bool):
+            raise ValueError(f'quant_cfg.{key}.box_head={v!r} must be True or False.')
         if f.name in ('lr', 'round_lr') and not v > 0:
             raise ValueError(f'quant_cfg.{key}.{f.name}={v!r} must be positive.')
         if f.name in ('percentile', 'drop_prob', 'warmup') and not 0 <= v <= 1:
