@@ -1,5 +1,6 @@
 """APHQ stages: APH importance, MLP Reconstruction, block reconstruction and stage resume."""
 import copy
+import weakref
 
 import pytest
 import torch
@@ -318,3 +319,56 @@ def test_reconstruction_streams_from_disk_with_the_same_result(vit, tmp_path):
     a, b = in_memory.state_dict(), on_disk.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert not list((tmp_path / 'spill').iterdir())  # spilled files are removed afterwards
+
+
+def test_mr_reads_spilled_images_one_at_a_time(vit, tmp_path, monkeypatch):
+    """MR streams the calibration images from the store: with every image spilled, at most a
+    few are alive at once (the APH images), never the whole set (a list of them held 256
+    full-size Swin-T images, 3.3 GB, past the activation budget)."""
+    from mmq.calibration.activation_store import ActivationStore
+    alive, most = [], [0]
+    read = ActivationStore.__getitem__
+
+    def tracked(self, index):
+        item = read(self, index)
+        alive[:] = [r for r in alive if r() is not None]
+        alive.append(weakref.ref(item[0]))
+        most[0] = max(most[0], len(alive))
+        return item
+
+    monkeypatch.setattr(ActivationStore, '__getitem__', tracked)
+    cfg = _w3a3(stages=['mr', 'calibrate'], mr=dict(iters=2, batch=64, rows=128, aph_images=2))
+    mmq.quantize(copy.deepcopy(vit), _images(12), cfg, activation_budget_bytes=0,
+                 spill_dir=str(tmp_path / 'spill'))
+    assert 0 < most[0] <= 4, most[0]
+
+
+def test_mr_captured_rows_are_the_seeded_rows_of_each_image(vit):
+    """The capture writes into buffers allocated once; the rows are each image's seeded
+    random rows, in image order, with their token positions (batches of 1 and 2 mixed)."""
+    from mmq.calibration.mlp_reconstruction import _capture_mlp_inputs
+    from mmq.utils import seeded_generator
+    images = _images(3) + _images(2, batch=1, seed=1)
+    mlps = find_mlps(vit)
+    inputs = {id(m.module): [] for m in mlps}
+    handles = [m.module.register_forward_pre_hook(
+        lambda mod, args: inputs[id(mod)].append(args[0].detach().clone())) for m in mlps]
+    with torch.no_grad():
+        for img in images:
+            vit(img)
+    for h in handles:
+        h.remove()
+    rows = 40  # 8 per image
+    got = _capture_mlp_inputs(mlps, vit, images, rows, seeded_generator(0, 'mr'))
+    g = seeded_generator(0, 'mr')
+    want = {id(m.module): [] for m in mlps}
+    for k in range(len(images)):
+        for m in mlps:  # the hooks fire in module order within each image
+            x = inputs[id(m.module)][k]
+            flat = x.reshape(-1, x.shape[-1])
+            idx = torch.randperm(flat.shape[0], generator=g)[:8]
+            want[id(m.module)].append((flat[idx], idx % x.shape[1]))
+    for m, (x, pos) in zip(mlps, got):
+        assert x.shape == (40, vit.embed_dim)
+        assert torch.equal(x, torch.cat([a for a, _ in want[id(m.module)]]))
+        assert torch.equal(pos, torch.cat([p for _, p in want[id(m.module)]]))

@@ -10,7 +10,8 @@ import ctypes.util
 import os
 import shutil
 import tempfile
-from typing import Any, Iterator, List, Optional, Tuple
+from collections.abc import Sequence
+from typing import Any, Iterator, List, Optional, Tuple, Union
 
 import torch
 
@@ -184,3 +185,23 @@ class ActivationStore:
         if self._dir is not None:
             shutil.rmtree(self._dir, ignore_errors=True)
             self._dir = None
+
+
+class FirstOfItems(Sequence):
+    """The first tensor of every item of a store (e.g. its image batches), each read only
+    when indexed: a list of them would hold every spilled item in memory at once."""
+
+    def __init__(self, store: ActivationStore) -> None:
+        self.store = store
+
+    def __len__(self) -> int:
+        return len(self.store)
+
+    def __getitem__(self, index: Union[int, slice]):
+        if isinstance(index, slice):
+            return [self.store[k][0] for k in range(*index.indices(len(self.store)))]
+        return self.store[index][0]
+
+    def __iter__(self) -> Iterator:
+        for item in self.store:
+            yield item[0]

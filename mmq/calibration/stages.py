@@ -14,7 +14,7 @@ from torch import nn
 
 from mmq.config.quant_config import QuantConfig
 from mmq.models.transform import quantize_modules
-from .activation_store import ActivationStore
+from .activation_store import ActivationStore, FirstOfItems
 from .aph import task_for
 from .block_calibration import calibrate_units
 from .box_head_reconstruction import reconstruct_box_heads
@@ -86,7 +86,7 @@ def run_mr(run: StageRun) -> dict:
     opts = run.qcfg.mr_options()
     forward, task_loss, eps = task_for(run.model, opts.eps)
     report = mlp_reconstruction(run.model, run.backbone, forward, task_loss, eps,
-                                [item[0] for item in run.store], opts, run.qcfg.seed,
+                                FirstOfItems(run.store), opts, run.qcfg.seed,
                                 run.logger)
     quantize_modules(quant_target(run.model, run.qcfg), run.qcfg)  # the MLPs are ReLU now
     report.update(index=-2, unit='mlp_reconstruction')
