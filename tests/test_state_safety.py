@@ -202,7 +202,10 @@ def test_work_dir_calibration_resumes_without_a_runner(tmp_path, monkeypatch):
     identity = dict(checkpoint_sha256='abc', images=['a.jpg', 'b.jpg'], seed=0,
                     mmq_version=mmq.__version__)
     full = copy.deepcopy(vit)
-    calibrate_in_work_dir(full, images, qcfg, str(tmp_path / 'full'), identity)
+    calibrate_in_work_dir(full, images, qcfg, str(tmp_path / 'full'), identity,
+                          activation_budget_bytes=0)  # everything spilled, then removed
+    assert sorted(os.listdir(tmp_path / 'full')) == ['.mmq.lock', 'calibration_report.json',
+                                                     'quantized_state.pth', 'stage_calibrate.pth']
 
     save = WorkDirCheckpointer.on_unit_done
 

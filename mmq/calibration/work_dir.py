@@ -114,6 +114,8 @@ class WorkDirCheckpointer:
         write_json(self.report_path, report)
         if osp.exists(self.partial_path):
             os.remove(self.partial_path)
+        if osp.isdir(self.spill_dir) and not os.listdir(self.spill_dir):
+            os.rmdir(self.spill_dir)  # the stores removed their files: no empty folder left
         return report
 
 
