@@ -94,6 +94,12 @@ METHODS = {
     'adalog-fpcs-tokens+mr+rec-long': dict(token_roles=TOKENS,
                                            stages=['mr', 'calibrate', 'reconstruct'],
                                            mr=MR_LSTSQ, reconstruct=REC_LONG),
+    # The same with the RoI box heads reconstructed after the neck (beyond the published
+    # pipeline; needs '@detector').
+    'adalog-fpcs-tokens+mr+rec-long-boxhead': dict(token_roles=TOKENS,
+                                                   stages=['mr', 'calibrate', 'reconstruct'],
+                                                   mr=MR_LSTSQ,
+                                                   reconstruct=dict(REC_LONG, box_head=True)),
     **{f'adalog-fpcs-{role}8': dict(role_bits={role: 8})
        for role in ('ln_input', 'qk', 'v', 'post_softmax', 'proj_input', 'post_gelu', 'other')},
 }
