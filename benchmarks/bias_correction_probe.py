@@ -17,18 +17,12 @@ AP on the shapes val set; one thread.
 """
 import argparse
 import os.path as osp
-import tempfile
 from typing import Dict, List
 
 import torch
-from mmengine.config import Config
-from mmengine.runner import Runner
 from torch import Tensor, nn
 
-from dinov2_demo import training_images
-from mmq.calibration.quantize import prepare
-from mmq.calibration.quantized_state import load_partial_state
-from mmq.config import QuantConfig
+from dinov2_demo import row_runner, training_images
 from mmq.models.quant_conv import QuantConv2d
 from mmq.models.quant_linear import QuantLinear
 from mmq.models.transform import quantizers
@@ -102,19 +96,8 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     state = args.state or osp.join(args.row, 'stage_calibrate.pth')
-    cfg = Config.fromfile(osp.join(args.row, 'config.py'))
-    cfg.custom_hooks = []  # the saved state is loaded below, not calibrated again
-    cfg.load_from = None
-    cfg.model.backbone.pretrained = None
-    cfg.work_dir = tempfile.mkdtemp(prefix='mmq_bias_probe_')
-    runner = Runner.from_cfg(cfg)
-    partial = load_partial_state(state)
-    if partial is None:
-        raise SystemExit(f'{state} does not exist: run that accuracy-benchmark row first.')
+    runner, _, _, _ = row_runner(args.row, state, 'mmq_bias_probe_')
     model = runner.model
-    prepare(model, QuantConfig.from_dict(partial['quant_cfg']))
-    model.load_state_dict(partial['state_dict'])
-    model.eval()
     if args.mode == 'global':
         bias_correct(model.backbone, training_images(args.images, split='train'))
     metrics = runner.test()

@@ -17,19 +17,15 @@ their calibration, as the published pipeline leaves them). The script
 Prints box / mask AP on the shapes val set (mmdet's metric); one thread.
 """
 import argparse
-import copy
 import os.path as osp
-import tempfile
 import time
 
 import torch
-from mmengine.config import Config
-from mmengine.runner import Runner, load_checkpoint
+from mmengine.runner import Runner
 
+from dinov2_demo import row_runner
 from mmq.calibration.activation_store import ActivationStore
 from mmq.calibration.box_head_reconstruction import reconstruct_box_heads
-from mmq.calibration.quantize import prepare
-from mmq.calibration.quantized_state import load_partial_state
 from mmq.config import QuantConfig
 from mmq.hooks import QuantCalibrationHook
 from mmq.models.transform import quantizers
@@ -53,28 +49,14 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     state = osp.join(args.row, 'stage_reconstruct.pth')
-    partial = load_partial_state(state)
-    if partial is None:
-        raise SystemExit(f'{state} does not exist: run a +rec@detector row first.')
+    runner, partial, row_cfg, fp_model = row_runner(args.row, state, 'mmq_box_head_',
+                                                    float_copy=True)
     qcfg = QuantConfig.from_dict(partial['quant_cfg'])
     if qcfg.scope != 'detector':
         raise SystemExit(f'{args.row} is a {qcfg.scope}-scope row: its heads are float.')
-    cfg = Config.fromfile(osp.join(args.row, 'config.py'))
-    hook_cfg = next((h for h in cfg.get('custom_hooks', [])
+    hook_cfg = next((h for h in row_cfg.get('custom_hooks', [])
                      if 'QuantCalibrationHook' in str(h.get('type'))), {})
-    checkpoint = cfg.load_from
-    cfg.custom_hooks = []  # the saved state is loaded below, not calibrated again
-    cfg.load_from = None
-    cfg.model.backbone.pretrained = None
-    cfg.work_dir = tempfile.mkdtemp(prefix='mmq_box_head_')
-    cfg.log_level = 'WARNING'
-    runner = Runner.from_cfg(cfg)
     model = runner.model
-    fp_model = copy.deepcopy(model).eval()  # the original float detector (before any MR)
-    load_checkpoint(fp_model, checkpoint, map_location='cpu', logger='silent')
-    prepare(model, qcfg)
-    model.load_state_dict(partial['state_dict'])
-    model.eval()
     if args.eval_before:
         evaluate(runner, 'as saved (box head calibrated)')
     if args.probe:

@@ -1,11 +1,15 @@
 """The ``dinov2`` demo detector and its training images, for the unit-level benchmarks."""
+import copy
 import glob
-from typing import List
+import os.path as osp
+import tempfile
+from typing import List, Optional, Tuple
 
 import cv2
 import numpy as np
 import torch
-from mmengine.runner import load_checkpoint
+from mmengine.config import Config
+from mmengine.runner import Runner, load_checkpoint
 from torch import nn
 
 from mmq.calibration.quantize import prepare
@@ -24,6 +28,34 @@ def float_detector() -> nn.Module:
     model = build_detector(CONFIG)
     load_checkpoint(model, CHECKPOINT, map_location='cpu')
     return model.float().eval()
+
+
+def row_runner(row: str, state: str, prefix: str, float_copy: bool = False
+               ) -> Tuple[Runner, dict, Config, Optional[nn.Module]]:
+    """A Runner on an accuracy-benchmark row's config (its test set and mmdet metric, a
+    temporary work dir named ``prefix``...) whose model holds the row's saved stage ``state``
+    (quantizers prepared, eval mode). Returns the runner, the saved partial state, the row's
+    config as written (hooks, checkpoint) and, with ``float_copy``, the float detector as built
+    before any quantization (MR included), with the row's checkpoint."""
+    partial = load_partial_state(state)
+    if partial is None:
+        raise SystemExit(f'{state} does not exist: run that accuracy-benchmark row first.')
+    row_cfg = Config.fromfile(osp.join(row, 'config.py'))
+    cfg = copy.deepcopy(row_cfg)
+    cfg.custom_hooks = []  # the saved state is loaded below, not calibrated again
+    cfg.load_from = None
+    cfg.model.backbone.pretrained = None
+    cfg.work_dir = tempfile.mkdtemp(prefix=prefix)
+    runner = Runner.from_cfg(cfg)
+    model = runner.model
+    fp_model = None
+    if float_copy:
+        fp_model = copy.deepcopy(model).eval()
+        load_checkpoint(fp_model, row_cfg.load_from, map_location='cpu', logger='silent')
+    prepare(model, QuantConfig.from_dict(partial['quant_cfg']))
+    model.load_state_dict(partial['state_dict'])
+    model.eval()
+    return runner, partial, row_cfg, fp_model
 
 
 def calibrated_detector(state: str) -> nn.Module:

@@ -14,16 +14,10 @@ quantizer and the box / mask AP on the shapes val set; one thread.
 """
 import argparse
 import os.path as osp
-import tempfile
 
 import torch
-from mmengine.config import Config
-from mmengine.runner import Runner
 
-from dinov2_demo import training_images
-from mmq.calibration.quantize import prepare
-from mmq.calibration.quantized_state import load_partial_state
-from mmq.config import QuantConfig
+from dinov2_demo import row_runner, training_images
 from mmq.models.transform import set_quant_enabled
 from mmq.quantizers.log_quantizer import LogQuantizer
 
@@ -65,19 +59,8 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     state = args.state or osp.join(args.row, 'stage_calibrate.pth')
-    cfg = Config.fromfile(osp.join(args.row, 'config.py'))
-    cfg.custom_hooks = []  # the saved state is loaded below, not calibrated again
-    cfg.load_from = None
-    cfg.model.backbone.pretrained = None
-    cfg.work_dir = tempfile.mkdtemp(prefix='mmq_log_range_probe_')
-    runner = Runner.from_cfg(cfg)
-    partial = load_partial_state(state)
-    if partial is None:
-        raise SystemExit(f'{state} does not exist: run that accuracy-benchmark row first.')
+    runner, _, _, _ = row_runner(args.row, state, 'mmq_log_range_probe_')
     model = runner.model
-    prepare(model, QuantConfig.from_dict(partial['quant_cfg']))
-    model.load_state_dict(partial['state_dict'])
-    model.eval()
     if args.mode == 'max':
         raise_to_max(model, training_images(args.images, split='train'))
     metrics = runner.test()
