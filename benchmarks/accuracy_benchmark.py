@@ -43,6 +43,9 @@ MR_LSTSQ = dict(MR_DEMO, rows=16384, lr=1e-4, fc2_init='lstsq')
 REC_DEMO = dict(iters=300, batch=2, lr=4e-5, round_lr=0.1, aph_images=8)
 # Three times the demo steps at the same round_lr x iters product (30).
 REC_LONG = dict(REC_DEMO, iters=900, round_lr=0.1 / 3)
+# Three times the long schedule again (same round_lr x iters product): does reconstruction
+# still gain from more steps?
+REC_XL = dict(REC_DEMO, iters=2700, round_lr=0.1 / 9)
 UNIFORM = dict(softmax='uniform', gelu='uniform')
 TOKENS = ['ln_input', 'proj_input', 'qk']
 METHODS = {
@@ -94,6 +97,9 @@ METHODS = {
     'adalog-fpcs-tokens+mr+rec-long': dict(token_roles=TOKENS,
                                            stages=['mr', 'calibrate', 'reconstruct'],
                                            mr=MR_LSTSQ, reconstruct=REC_LONG),
+    'adalog-fpcs-tokens+mr+rec-xl': dict(token_roles=TOKENS,
+                                         stages=['mr', 'calibrate', 'reconstruct'],
+                                         mr=MR_LSTSQ, reconstruct=REC_XL),
     # The same with the RoI box heads reconstructed after the neck (beyond the published
     # pipeline; needs '@detector').
     'adalog-fpcs-tokens+mr+rec-long-boxhead': dict(token_roles=TOKENS,
