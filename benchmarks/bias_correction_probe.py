@@ -15,14 +15,12 @@ before mmq grows an option for it. ``--mode none`` evaluates the state as saved 
 own AP, a check that the probe evaluates like ``tools/quantize.py``). Prints the box / mask
 AP on the shapes val set; one thread.
 """
-import argparse
-import os.path as osp
 from typing import Dict, List
 
 import torch
 from torch import Tensor, nn
 
-from dinov2_demo import row_runner, training_images
+from dinov2_demo import run_state_probe
 from mmq.models.quant_conv import QuantConv2d
 from mmq.models.quant_linear import QuantLinear
 from mmq.models.transform import quantizers
@@ -88,21 +86,8 @@ def bias_correct(backbone: nn.Module, images: List[Tensor]) -> Dict[int, Tensor]
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument('--row', required=True, help="an accuracy-benchmark row's work dir")
-    parser.add_argument('--state', help='saved stage (default: the row\'s stage_calibrate.pth)')
-    parser.add_argument('--images', type=int, default=32)
-    parser.add_argument('--mode', choices=('none', 'global'), default='global')
-    args = parser.parse_args()
-    torch.set_num_threads(1)
-    state = args.state or osp.join(args.row, 'stage_calibrate.pth')
-    runner, _, _, _ = row_runner(args.row, state, 'mmq_bias_probe_')
-    model = runner.model
-    if args.mode == 'global':
-        bias_correct(model.backbone, training_images(args.images, split='train'))
-    metrics = runner.test()
-    print(f"{state} ({args.mode}, {args.images} images): box AP "
-          f"{metrics['coco/bbox_mAP']:.3f}, mask AP {metrics['coco/segm_mAP']:.3f}", flush=True)
+    run_state_probe(__doc__, 'global',
+                    lambda model, images: bias_correct(model.backbone, images), 'mmq_bias_probe_')
 
 
 if __name__ == '__main__':

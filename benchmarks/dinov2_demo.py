@@ -1,9 +1,10 @@
 """The ``dinov2`` demo detector and its training images, for the unit-level benchmarks."""
+import argparse
 import copy
 import glob
 import os.path as osp
 import tempfile
-from typing import List, Optional, Tuple
+from typing import Callable, List, Optional, Tuple
 
 import cv2
 import numpy as np
@@ -78,3 +79,24 @@ def training_images(num: int, size=(256, 320), split: str = 'train') -> List[tor
         im = cv2.resize(cv2.imread(path)[:, :, ::-1], size[::-1]).astype(np.float32)
         images.append((torch.from_numpy(im.copy()).permute(2, 0, 1)[None] - MEAN) / STD)
     return images
+
+
+def run_state_probe(doc: str, mode: str, change: Callable[[nn.Module, List[torch.Tensor]], None],
+                    prefix: str) -> None:
+    """The command line of a probe on a row's saved stage: ``--row``, ``--state``,
+    ``--images`` and ``--mode none|<mode>``; with ``mode``, ``change(model, training images)``
+    edits the loaded model before mmdet's metric evaluates it (one thread)."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument('--row', required=True, help="an accuracy-benchmark row's work dir")
+    parser.add_argument('--state', help='saved stage (default: the row\'s stage_calibrate.pth)')
+    parser.add_argument('--images', type=int, default=32)
+    parser.add_argument('--mode', choices=('none', mode), default=mode)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    state = args.state or osp.join(args.row, 'stage_calibrate.pth')
+    runner, _, _, _ = row_runner(args.row, state, prefix)
+    if args.mode == mode:
+        change(runner.model, training_images(args.images, split='train'))
+    metrics = runner.test()
+    print(f"{state} ({args.mode}, {args.images} images): box AP "
+          f"{metrics['coco/bbox_mAP']:.3f}, mask AP {metrics['coco/segm_mAP']:.3f}", flush=True)

@@ -12,12 +12,10 @@ is kept) to the largest ``x + shift`` seen on ``--images`` training images (floa
 nothing is clipped; ``--mode none`` evaluates the state as saved. Prints each changed
 quantizer and the box / mask AP on the shapes val set; one thread.
 """
-import argparse
-import os.path as osp
 
 import torch
 
-from dinov2_demo import row_runner, training_images
+from dinov2_demo import run_state_probe
 from mmq.models.transform import set_quant_enabled
 from mmq.quantizers.log_quantizer import LogQuantizer
 
@@ -51,21 +49,7 @@ def raise_to_max(model, images) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument('--row', required=True, help="an accuracy-benchmark row's work dir")
-    parser.add_argument('--state', help='saved stage (default: the row\'s stage_calibrate.pth)')
-    parser.add_argument('--images', type=int, default=32)
-    parser.add_argument('--mode', choices=('none', 'max'), default='max')
-    args = parser.parse_args()
-    torch.set_num_threads(1)
-    state = args.state or osp.join(args.row, 'stage_calibrate.pth')
-    runner, _, _, _ = row_runner(args.row, state, 'mmq_log_range_probe_')
-    model = runner.model
-    if args.mode == 'max':
-        raise_to_max(model, training_images(args.images, split='train'))
-    metrics = runner.test()
-    print(f"{state} ({args.mode}, {args.images} images): box AP "
-          f"{metrics['coco/bbox_mAP']:.3f}, mask AP {metrics['coco/segm_mAP']:.3f}", flush=True)
+    run_state_probe(__doc__, 'max', raise_to_max, 'mmq_log_range_probe_')
 
 
 if __name__ == '__main__':
