@@ -80,3 +80,40 @@ def test_no_rois_is_a_clear_error(cascade):
             reconstruct_box_heads(cascade, cascade, [], store, ReconstructOptions(box_head=True))
     finally:
         store.close()
+
+
+def test_detector_batches_keep_no_image_outside_the_store(cascade, tmp_path, monkeypatch):
+    """At detector scope the preprocessed batches (for the neck and heads) read their images
+    back from the store: with every image spilled, nothing else keeps one alive, and each
+    batch still gives its own image and data samples."""
+    import weakref
+
+    from mmq.calibration.quantize import _collect_images
+    appended = []
+    append = ActivationStore.append
+
+    def tracked(self, item):
+        appended.append(weakref.ref(item[0]))
+        append(self, item)
+
+    monkeypatch.setattr(ActivationStore, 'append', tracked)
+    g = torch.Generator().manual_seed(0)
+    data, samples = [], []
+    for k in range(3):
+        sample = DetDataSample(metainfo=dict(img_shape=(64, 96), ori_shape=(64 + k, 96),
+                                             scale_factor=(1.0, 1.0)))
+        samples.append(sample)
+        data.append(dict(inputs=[torch.randint(0, 255, (3, 64, 96), generator=g,
+                                               dtype=torch.uint8)], data_samples=[sample]))
+    store = ActivationStore(0, spill_dir=str(tmp_path))
+    try:
+        batches = _collect_images(cascade, data, store, keep_batches=True)
+        assert len(appended) == len(batches) == 3
+        assert all(ref() is None for ref in appended)  # only the spilled copies remain
+        for k, batch in enumerate(batches):
+            want = cascade.data_preprocessor(data[k], False)
+            assert torch.equal(batch['inputs'], want['inputs'])
+            assert batch['data_samples'][0].metainfo == want['data_samples'][0].metainfo
+            assert batch['data_samples'][0].ori_shape == samples[k].ori_shape
+    finally:
+        store.close()

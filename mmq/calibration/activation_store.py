@@ -205,3 +205,32 @@ class FirstOfItems(Sequence):
     def __iter__(self) -> Iterator:
         for item in self.store:
             yield item[0]
+
+
+class DetectorBatches(Sequence):
+    """Preprocessed detector batches (``dict(inputs=..., data_samples=...)``) whose images
+    live in a store, read one at a time: the batches keep only the rest (the data samples,
+    a few KB), so the images count once, against the store's budget. A list of the whole
+    batches held every image a second time, outside it (256 full-size images: 3.3 GB)."""
+
+    def __init__(self, store: ActivationStore) -> None:
+        self.store = store
+        self._rest: List[dict] = []
+
+    def append(self, batch: dict) -> None:
+        """Keep ``batch`` but its ``inputs``, which must be the store's item at this index."""
+        if len(self._rest) >= len(self.store):
+            raise IndexError('append the batch\'s inputs to the store first.')
+        self._rest.append({k: v for k, v in batch.items() if k != 'inputs'})
+
+    def __len__(self) -> int:
+        return len(self._rest)
+
+    def __getitem__(self, index: int) -> dict:
+        if isinstance(index, slice):
+            return [self[k] for k in range(*index.indices(len(self)))]
+        return dict(self._rest[index], inputs=self.store[index][0])
+
+    def __iter__(self) -> Iterator[dict]:
+        for k in range(len(self)):
+            yield self[k]

@@ -12,7 +12,7 @@ and targets describe the same boxes: the float input is the float features poole
 the quantized input the quantized neck's features pooled over the same RoIs. A box head
 treats every RoI on its own, so keeping the first RoIs of each image is exact for those.
 """
-from typing import Dict, List, Tuple
+from typing import Dict, List, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -49,7 +49,7 @@ def _head_outputs(out) -> Tuple[Tensor, ...]:
 
 
 @torch.no_grad()
-def _head_data(model: nn.Module, fp_model: nn.Module, batches: List[dict], per_image: int,
+def _head_data(model: nn.Module, fp_model: nn.Module, batches: Sequence[dict], per_image: int,
                stores: List[Tuple[ActivationStore, ...]]) -> None:
     """Fill each stage's ``(quantized inputs, float inputs, float outputs)`` stores: the box
     head's float inputs and outputs from the float model's own predict pass (hooks), on the
@@ -91,7 +91,7 @@ def _head_data(model: nn.Module, fp_model: nn.Module, batches: List[dict], per_i
             h.remove()
 
 
-def reconstruct_box_heads(model: nn.Module, fp_model: nn.Module, batches: List[dict],
+def reconstruct_box_heads(model: nn.Module, fp_model: nn.Module, batches: Sequence[dict],
                           store: ActivationStore, opts: ReconstructOptions, seed: int = 0,
                           logger=None) -> List[dict]:
     """Reconstruct every box head of ``model.roi_head`` in stage order (see the module doc);

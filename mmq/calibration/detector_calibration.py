@@ -2,7 +2,7 @@
 and RoI-head convolutions and linears, from one pass of the detector over the calibration
 batches with the backbone already quantized."""
 import time
-from typing import Dict, List
+from typing import Dict, Sequence
 
 from torch import nn
 
@@ -12,7 +12,7 @@ from mmq.utils import seeded_generator
 from .block_calibration import calibrate_layers, capture_samples
 
 
-def calibrate_neck_and_heads(model: nn.Module, batches: List[dict], qcfg: QuantConfig,
+def calibrate_neck_and_heads(model: nn.Module, batches: Sequence[dict], qcfg: QuantConfig,
                              names: Dict[int, str], logger=None) -> dict:
     """Capture every uncalibrated quantized layer's inputs in one predict pass per batch (the
     layers still float), then calibrate each layer on them. Returns a unit-style report."""

@@ -15,7 +15,7 @@ from torch import nn
 from mmq.config.quant_config import QuantConfig
 from mmq.models.transform import count_quant_layers, quantize_modules, quantizers
 from mmq.quantizers.validation import check_finite
-from .activation_store import ActivationStore
+from .activation_store import ActivationStore, DetectorBatches
 from .mlp_reconstruction import apply_relu
 from .stages import (StageRun, check_box_head, quant_target, run_calibrate, run_mr,
                      run_reconstruct)
@@ -68,18 +68,21 @@ def _resume_progress(resume: Optional[dict], qcfg: QuantConfig, logger) -> tuple
 
 
 def _collect_images(model: nn.Module, data: Iterable, store: ActivationStore,
-                    keep_batches: bool) -> List[dict]:
-    batches = []  # preprocessed detector batches, for the neck / heads (scope='detector')
+                    keep_batches: bool) -> DetectorBatches:
+    """Every calibration image into ``store``; with ``keep_batches``, also the preprocessed
+    detector batches, for the neck / heads (``scope='detector'``), their images read back
+    from the store."""
+    batches = DetectorBatches(store)
     for batch in data:
         if is_detector(model):
             batch = model.data_preprocessor(batch, False)
             inputs = batch['inputs']
-            if keep_batches:
-                batches.append(batch)
         else:
             inputs = batch
         check_finite(inputs, 'calibration image batch')
         store.append((inputs, ))
+        if keep_batches and is_detector(model):
+            batches.append(batch)
     if len(store) == 0:
         raise ValueError('the calibration set is empty: give at least one image (check the '
                          'calibration dataset path / ann_file and num_images).')

@@ -8,7 +8,7 @@ returns its stage report; per-unit reports go through :meth:`StageRun.report_uni
 """
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Sequence
 
 from torch import nn
 
@@ -56,7 +56,7 @@ class StageRun:
     detector: bool
     qcfg: QuantConfig
     store: ActivationStore
-    batches: List[dict]
+    batches: Sequence[dict]  # detector batches (scope='detector'), images from ``store``
     logger: object = None
     on_unit_done: Optional[Callable[[dict], None]] = None
     reports: List[dict] = field(default_factory=list)
