@@ -227,10 +227,4 @@ class DetectorBatches(Sequence):
         return len(self._rest)
 
     def __getitem__(self, index: int) -> dict:
-        if isinstance(index, slice):
-            return [self[k] for k in range(*index.indices(len(self)))]
         return dict(self._rest[index], inputs=self.store[index][0])
-
-    def __iter__(self) -> Iterator[dict]:
-        for k in range(len(self)):
-            yield self[k]

@@ -39,8 +39,8 @@ def _capture_mlp_inputs(mlps: List[MLPParts], forward: Callable, images: Sequenc
 
     The rows go into buffers allocated once, at the first image: kept as one small tensor per
     image and MLP, they pinned the C heap between each pass's large temporaries (glibc then
-    serves those from the heap), and the process grew by ~4 MB per image (4.4 GB over 1024
-    ViT-S images) for 0.3 GB of rows.
+    serves those from the heap): over 1024 ViT-S images the process grew by 8.5 GB for
+    0.3 GB of rows, against 0.3 GB with the buffers (``benchmarks/mr_capture_memory.py``).
     """
     per_image = max(1, math.ceil(rows / len(images)))  # per item (batch) of ``images``
     bufs: Dict[int, list] = {}  # id(module) -> [rows, positions, filled]
@@ -68,8 +68,8 @@ def _capture_mlp_inputs(mlps: List[MLPParts], forward: Callable, images: Sequenc
     finally:
         for h in handles:
             h.remove()
-    return [(bufs[id(m.module)][0][:bufs[id(m.module)][2]],
-             bufs[id(m.module)][1][:bufs[id(m.module)][2]]) for m in mlps]
+    filled = [bufs[id(m.module)] for m in mlps]
+    return [(x[:n], pos[:n]) for x, pos, n in filled]
 
 
 def _mr_loss(mlp: MLPParts, x: Tensor, target: Tensor, h: Tensor, ub: float,

@@ -73,15 +73,16 @@ def _collect_images(model: nn.Module, data: Iterable, store: ActivationStore,
     detector batches, for the neck / heads (``scope='detector'``), their images read back
     from the store."""
     batches = DetectorBatches(store)
+    detector = is_detector(model)
     for batch in data:
-        if is_detector(model):
+        if detector:
             batch = model.data_preprocessor(batch, False)
             inputs = batch['inputs']
         else:
             inputs = batch
         check_finite(inputs, 'calibration image batch')
         store.append((inputs, ))
-        if keep_batches and is_detector(model):
+        if keep_batches and detector:
             batches.append(batch)
     if len(store) == 0:
         raise ValueError('the calibration set is empty: give at least one image (check the '
