@@ -86,6 +86,9 @@ METHODS = {
     'adalog-fpcs-tokens': dict(token_roles=TOKENS),
     'adalog-fpcs-w8-tokens': dict(w_bits=8, token_roles=TOKENS),
     'adalog-fpcs-w8-tokens-full': dict(w_bits=8, token_roles=TOKENS, token_clip='full'),
+    # The other half of the split: 8-bit activations with the row's weight width (W6A8 on a
+    # W6A6 row): does W6A6 lose more to its weights or to its activations?
+    'adalog-fpcs-a8-tokens': dict(a_bits=8, token_roles=TOKENS),
     'adalog-fpcs-w8-tokens+rec': dict(w_bits=8, token_roles=TOKENS,
                                       stages=['calibrate', 'reconstruct'], reconstruct=REC_DEMO),
     'adalog-fpcs-tokens+rec': dict(token_roles=TOKENS, stages=['calibrate', 'reconstruct'],
