@@ -322,7 +322,7 @@ def _plot(rows: list, path: str) -> None:
                     ax.plot([p[0] for p in pts], [p[1] for p in pts], 'o-', label=method)
             ax.set_title(f'{det}: {key}')
             ax.set_xlabel('bits (W = A)')
-            ax.set_xticks([3, 4, 6])
+            ax.set_xticks(sorted({r['bits'] for r in rows if r['bits']} | {3, 4, 6}))
             top = max([r[key] for r in rows if r['detector'] == det] + [0.01])
             ax.set_ylim(0, top * 1.15)
             ax.grid(alpha=0.3)

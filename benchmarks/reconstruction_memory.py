@@ -32,16 +32,38 @@ def _status_gb(field: str) -> float:
     raise RuntimeError(f'{field} not in /proc/self/status (this benchmark needs Linux)')
 
 
+def float_unit_stores(backbone, index: int, images: list):
+    """Unit ``index`` of a quantized ``backbone`` and two stores of its float-chain inputs
+    and float outputs on ``images`` (what :func:`reconstruct_unit` is handed, with the float
+    inputs standing in for the quantized chain's)."""
+    import torch
+
+    from mmq.calibration.activation_store import ActivationStore
+    from mmq.calibration.units import build_units
+    from mmq.models import set_quant_enabled
+    units = build_units(backbone)
+    unit = units[index]
+    q_store, out_store = ActivationStore(8 * 1024**3), ActivationStore(8 * 1024**3)
+    with torch.no_grad():
+        set_quant_enabled(backbone, False)
+        for img in images:
+            state = (img, )
+            for u in units[:index]:
+                state = u.run(state)
+            q_store.append(state)
+            out = unit.run(state)
+            out_store.append(out if isinstance(out, tuple) else (out, ))
+        set_quant_enabled(backbone, True)
+    return unit, q_store, out_store
+
+
 def child(args: argparse.Namespace) -> None:
     import torch
 
     import mmq
-    from mmq.calibration.activation_store import ActivationStore
     from mmq.calibration.block_reconstruction import reconstruct_unit
-    from mmq.calibration.units import build_units
     from mmq.config.aphq_options import ReconstructOptions
     from mmq.config.detector_config import build_detector
-    from mmq.models import set_quant_enabled
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     backbone = build_detector(STOCK).backbone
@@ -50,19 +72,7 @@ def child(args: argparse.Namespace) -> None:
     pad_h, pad_w = -(-args.height // 32) * 32, -(-args.width // 32) * 32
     images = [torch.randn(1, 3, pad_h, pad_w, generator=g) for _ in range(args.images)]
     mmq.quantize(backbone, images[:1], dict(w_bits=4, a_bits=4, calibrator='minmax'))
-    units = build_units(backbone)
-    unit = units[args.unit]
-    q_store, out_store = ActivationStore(8 * 1024**3), ActivationStore(8 * 1024**3)
-    with torch.no_grad():
-        set_quant_enabled(backbone, False)
-        for img in images:
-            state = (img, )
-            for u in units[:args.unit]:
-                state = u.run(state)
-            q_store.append(state)
-            out = unit.run(state)
-            out_store.append(out if isinstance(out, tuple) else (out, ))
-        set_quant_enabled(backbone, True)
+    unit, q_store, out_store = float_unit_stores(backbone, args.unit, images)
     pass_bytes = None if args.pass_bytes == 'none' else int(args.pass_bytes)
     opts = ReconstructOptions(iters=args.iters, batch=args.images, pass_bytes=pass_bytes)
     with open('/proc/self/clear_refs', 'w') as f:
