@@ -173,8 +173,10 @@ def test_learn_log_scales_trains_the_post_gelu_adalog_scale(calibrated_vit):
 def test_passes_split_a_step_without_changing_the_reconstruction(calibrated_vit):
     """A step's batch split into one-image passes (gradients accumulated) learns what one
     pass over the whole batch learns, up to float summation order (the learned scales within
-    1e-3 relative, the rounding identical); the planner measures a shape's first one-item
-    pass and then packs as many items per pass as its byte budget holds."""
+    3 % relative, at most 0.5 % of the roundings flipped; one pass's gradient per step, a
+    broken accumulation, flips 1-3 % and moves the attention scales by 7-22 %); the planner
+    measures a shape's first one-item pass and then packs as many items per pass as its byte
+    budget holds."""
     from mmq.calibration.pass_planner import PassPlanner
     vit, model, images = calibrated_vit
     states = [(torch.zeros(1, 5, 4), 'hw') for _ in range(3)] + [(torch.zeros(1, 6, 4), 'hw')]
@@ -203,9 +205,15 @@ def test_passes_split_a_step_without_changing_the_reconstruction(calibrated_vit)
     key = str(list(x[0].shape[1:]))
     assert whole['items_per_pass'] == {} and split['items_per_pass'] == {key: 1}
     assert not whole['reverted'] and whole['loss_trained'] < whole['loss_before']  # it trained
-    assert split['loss_trained'] == pytest.approx(whole['loss_trained'], rel=1e-5)
+    # Gradients summed in another order drift over 100 Adam steps, by how much depends on the
+    # CPU's kernels: on one machine the two runs agreed to 1e-5, on another 0.05 % of the
+    # roundings flipped and a scale moved by 0.9 %.
+    assert split['loss_trained'] == pytest.approx(whole['loss_trained'], rel=1e-2)
     for k, v in whole_state.items():
-        torch.testing.assert_close(split_state[k], v, rtol=1e-3, atol=1e-7, msg=k)
+        if k.endswith('rounding') and v.numel():
+            assert (split_state[k] != v).float().mean() < 5e-3, k
+        else:
+            torch.testing.assert_close(split_state[k], v, rtol=3e-2, atol=1e-7, msg=k)
 
     # A budget of 2.5 one-item passes: the first pass measures, the next ones take two.
     unit = build_units(copy.deepcopy(model))[1]
