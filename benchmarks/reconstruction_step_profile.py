@@ -65,7 +65,7 @@ def main() -> None:
     events = prof.key_averages()
     total = sum(e.self_cpu_time_total for e in events)
     products = sum(e.self_cpu_time_total for e in events if e.key in PRODUCTS)
-    print(prof.key_averages().table(sort_by='self_cpu_time_total', row_limit=args.rows))
+    print(events.table(sort_by='self_cpu_time_total', row_limit=args.rows))
     print(f'{unit.name}{" (compiled forward)" if args.compile else ""}: {args.iters} steps '
           f'in {seconds:.1f} s ({seconds / args.iters * 1000:.0f} ms / step, {args.threads} '
           f'thread(s)); profiled self CPU time: matrix products {products / max(total, 1):.0%}'
