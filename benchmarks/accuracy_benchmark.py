@@ -109,6 +109,10 @@ METHODS = {
                                                    stages=['mr', 'calibrate', 'reconstruct'],
                                                    mr=MR_LSTSQ,
                                                    reconstruct=dict(REC_LONG, box_head=True)),
+    # Error-compensated (GPTQ) weight rounding on the searched grids (beyond the published
+    # methods, which round to nearest before reconstruction).
+    'adalog-fpcs-gptq': dict(weight_rounding='gptq'),
+    'adalog-fpcs-tokens-gptq': dict(token_roles=TOKENS, weight_rounding='gptq'),
     **{f'adalog-fpcs-{role}8': dict(role_bits={role: 8})
        for role in ('ln_input', 'qk', 'v', 'post_softmax', 'proj_input', 'post_gelu', 'other')},
 }

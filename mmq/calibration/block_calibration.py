@@ -24,6 +24,7 @@ from mmq.quantizers.validation import check_finite
 from mmq.utils import seeded_generator
 from .activation_store import ActivationStore
 from .units import Unit, first_tensor
+from .weight_rounding import round_unit_weights
 
 SQNR_ITEMS = 4  # calibration items the per-unit output SQNR is measured on
 
@@ -234,7 +235,8 @@ def calibrate_unit(unit: Unit, store: ActivationStore, qcfg: QuantConfig,
 
     Passes over the unit's inputs: LayerNorm statistics (where the unit has LayerNorm-fed
     Linears), capture (float: the layers' input samples and the float outputs the output
-    SQNR is measured against), then the quantized outputs."""
+    SQNR is measured against), the weights' input Hessians (``weight_rounding='gptq'``),
+    then the quantized outputs."""
     start = time.perf_counter()
     generator = seeded_generator(qcfg.seed, 'calibrate', index)
     layers = [m for m in unit.module.modules() if isinstance(m, QUANT_LAYERS)]
@@ -259,6 +261,10 @@ def calibrate_unit(unit: Unit, store: ActivationStore, qcfg: QuantConfig,
     samples = capture_samples(layers, run_all, qcfg, generator, len(store))
     passes += 1
     layer_reports = calibrate_layers(layers, samples, qcfg, names, f'calibration unit {unit.name}')
+    rounding_reports = []
+    if qcfg.weight_rounding == 'gptq':
+        rounding_reports = round_unit_weights(unit, store, qcfg.gptq_damp, names)
+        passes += 1
     # Quantized outputs become the next unit's inputs; SQNR against the float unit on a few.
     next_store = store.sibling()
     sqnrs = []
@@ -278,6 +284,8 @@ def calibrate_unit(unit: Unit, store: ActivationStore, qcfg: QuantConfig,
                   seconds=time.perf_counter() - start, unit_passes=passes,
                   output_sqnr_db=sum(sqnrs) / max(1, len(sqnrs)),
                   layers=layer_reports, spilled_items=next_store.spilled)
+    if rounding_reports:
+        report['weight_rounding'] = rounding_reports
     return report, next_store
 
 
@@ -324,6 +332,14 @@ def calibrate_units(units: List[Unit], store: ActivationStore, qcfg: QuantConfig
                         f"{report['seconds']:.1f} s, mean layer SQNR {before:.2f} -> "
                         f"{after:.2f} dB (init -> searched), unit output SQNR "
                         f"{report['output_sqnr_db']:.2f} dB")
+            rounding = report.get('weight_rounding', [])
+            if rounding:
+                before = sum(r['output_error_nearest'] for r in rounding)
+                after = sum(min(r['output_error_nearest'], r['output_error_gptq'])
+                            for r in rounding)
+                logger.info(f"[mmq] unit {i + 1}/{len(units)} {unit.name}: GPTQ rounding on "
+                            f"{sum(r['kept'] for r in rounding)}/{len(rounding)} Linears, "
+                            f"weights' output error {before:.4g} -> {after:.4g}")
         if on_unit_done is not None:
             on_unit_done(report)
     if store is not first:

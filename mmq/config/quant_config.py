@@ -118,6 +118,12 @@ class QuantConfig:
         token_clip: How FPCS sets those quantizers' clip ratio: 'search' (on the layer
             output, as every other FPCS parameter) or 'full' (clip 1: every token's own
             min / max).
+        weight_rounding: How weights are rounded onto their searched grids: 'nearest'
+            (published) or 'gptq' (error-compensated codes from the layer's input Hessian,
+            :mod:`mmq.calibration.weight_rounding`; Linears only; beyond the published
+            methods). Block reconstruction, where it runs, learns the rounding again and
+            keeps GPTQ's only for a unit it reverts.
+        gptq_damp: GPTQ's diagonal damping, as a fraction of the Hessian's mean diagonal.
     """
     w_bits: int = 4
     a_bits: int = 4
@@ -146,6 +152,8 @@ class QuantConfig:
     role_bits: Optional[Dict[str, int]] = None
     token_roles: Optional[List[str]] = None
     token_clip: str = 'search'
+    weight_rounding: str = 'nearest'
+    gptq_damp: float = 0.01
 
     def __post_init__(self) -> None:
         self.stages = list(check_stages(self.stages))
@@ -181,10 +189,15 @@ class QuantConfig:
                               ('dequant', ('table', 'exact')),
                               ('adalog_base_range', ADALOG_BASE_RANGES),
                               ('ln_reparam_ranges', ('minmax', 'search')),
-                              ('token_clip', ('search', 'full'))):
+                              ('token_clip', ('search', 'full')),
+                              ('weight_rounding', ('nearest', 'gptq'))):
             if getattr(self, name) not in allowed:
                 raise ValueError(f'quant_cfg.{name}={getattr(self, name)!r} is not one of '
                                  f'{allowed}.')
+        if (isinstance(self.gptq_damp, bool) or not isinstance(self.gptq_damp, (int, float))
+                or not 0 < self.gptq_damp <= 1):
+            raise ValueError(f'quant_cfg.gptq_damp={self.gptq_damp!r} must be a fraction in '
+                             '(0, 1] (e.g. 0.01).')
         for name, schedule in (('uniform_schedule', UniformSchedule),
                                ('log_schedule', LogSchedule)):
             try:

@@ -90,6 +90,17 @@ class QuantLinear(nn.Linear):
         w = self.weight
         return self.weight_quantizer(w) if self.weight_quantizer is not None else w
 
+    def weight_input(self, x: Tensor) -> Tensor:
+        """What the weight multiplies for input ``x``: the input quantizer's output, less
+        the post-GELU shift where :meth:`fold_input_shift` moved it into the bias."""
+        q = self.input_quantizer
+        if q is None:
+            return x
+        out = q(x)
+        if q.is_active and bool(getattr(q, 'shift_folded', False)):
+            out = out - q.shift
+        return out
+
     def forward(self, x: Tensor) -> Tensor:
         weight, bias, q = self.quantized_weight(), self.bias, self.input_quantizer
         if q is not None:
