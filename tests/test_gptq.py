@@ -79,6 +79,7 @@ def test_gptq_rounding_in_calibration_lowers_the_error_and_survives_save_and_loa
     model = copy.deepcopy(vit)
     report = mmq.quantize(model, calib, cfg)
     rounded = [u for u in report['units'] if 'weight_rounding' in u]
+    assert any(u['unit'] == 'patch_embed' for u in rounded)
     blocks = [u for u in rounded if u['unit'].startswith('blocks')]
     assert len(blocks) == 2
     for unit in blocks:
@@ -90,18 +91,25 @@ def test_gptq_rounding_in_calibration_lowers_the_error_and_survives_save_and_loa
     for layer in layers:
         if layer['name'].endswith('fc2'):
             assert layer['output_error_gptq'] < 0.8 * layer['output_error_nearest']
-    # Block 0 saw the same inputs either way: its weights and grids are nearest rounding's.
+    # The patch embedding (pixels in) saw the same inputs either way: its float weight and
+    # grid are nearest rounding's, its codes GPTQ's.
     twin = copy.deepcopy(vit)
     mmq.quantize(twin, calib, dict(cfg, weight_rounding='nearest'))
-    state = model.state_dict()
-    for name, p in twin.state_dict().items():
-        if name.startswith('blocks.0.') and not name.endswith('rounding'):
-            assert torch.equal(state[name], p), name
+    embed, embed_twin = model.patch_embed.proj, twin.patch_embed.proj
+    assert torch.equal(embed.weight, embed_twin.weight)
+    assert torch.equal(embed.weight_quantizer.scale, embed_twin.weight_quantizer.scale)
+    assert embed.weight_quantizer.rounding.shape == embed.weight.shape
+    # On held-out images block 0's output is clearly closer to float than with the same
+    # grids rounded to nearest.
+    nearest = copy.deepcopy(model.blocks[0])
+    for m in nearest.modules():
+        if isinstance(m, UniformQuantizer):
+            m.rounding = torch.empty(0)
     with torch.no_grad():
         x = vit._pos_embed(vit.patch_embed(test))
         ref = vit.blocks[0](x)
         err_gptq = float((model.blocks[0](x) - ref).pow(2).mean())
-        err_nearest = float((twin.blocks[0](x) - ref).pow(2).mean())
+        err_nearest = float((nearest(x) - ref).pow(2).mean())
     assert err_gptq < 0.8 * err_nearest
     path = str(tmp_path / 'q.pth')
     mmq.save_quantized_state(model, path, QuantConfig(**cfg))
@@ -121,3 +129,18 @@ def test_weight_rounding_is_checked(bad):
 def test_gptq_damp_is_checked(bad):
     with pytest.raises(ValueError, match='gptq_damp'):
         QuantConfig(gptq_damp=bad)
+
+
+def test_conv_weight_input_rows_are_what_the_flattened_weight_multiplies():
+    """GPTQ's Hessian of a convolution comes from these rows: with them, the flattened weight
+    reproduces the convolution (strided, padded, dilated)."""
+    from torch import nn
+    from mmq.models.quant_conv import QuantConv2d
+    g = torch.Generator().manual_seed(0)
+    conv = nn.Conv2d(3, 5, 3, stride=2, padding=1, dilation=2, bias=False)
+    layer = QuantConv2d.from_float(conv, None, None)
+    x = torch.randn(2, 3, 11, 9, generator=g)
+    with torch.no_grad():
+        out = layer(x)
+        rows = layer.weight_input_rows(x) @ layer.weight.reshape(5, -1).T
+    assert torch.allclose(rows, out.permute(0, 2, 3, 1).reshape(-1, 5), atol=1e-5)

@@ -261,9 +261,11 @@ def calibrate_unit(unit: Unit, store: ActivationStore, qcfg: QuantConfig,
     samples = capture_samples(layers, run_all, qcfg, generator, len(store))
     passes += 1
     layer_reports = calibrate_layers(layers, samples, qcfg, names, f'calibration unit {unit.name}')
-    rounding_reports = []
+    rounding_reports, rounding_seconds = [], 0.0
     if qcfg.weight_rounding == 'gptq':
+        rounding_start = time.perf_counter()
         rounding_reports = round_unit_weights(unit, store, qcfg.gptq_damp, names)
+        rounding_seconds = time.perf_counter() - rounding_start
         passes += 1
     # Quantized outputs become the next unit's inputs; SQNR against the float unit on a few.
     next_store = store.sibling()
@@ -285,7 +287,7 @@ def calibrate_unit(unit: Unit, store: ActivationStore, qcfg: QuantConfig,
                   output_sqnr_db=sum(sqnrs) / max(1, len(sqnrs)),
                   layers=layer_reports, spilled_items=next_store.spilled)
     if rounding_reports:
-        report['weight_rounding'] = rounding_reports
+        report.update(weight_rounding=rounding_reports, weight_rounding_seconds=rounding_seconds)
     return report, next_store
 
 
@@ -339,7 +341,8 @@ def calibrate_units(units: List[Unit], store: ActivationStore, qcfg: QuantConfig
                             for r in rounding)
                 logger.info(f"[mmq] unit {i + 1}/{len(units)} {unit.name}: GPTQ rounding on "
                             f"{sum(r['kept'] for r in rounding)}/{len(rounding)} Linears, "
-                            f"weights' output error {before:.4g} -> {after:.4g}")
+                            f"weights' output error {before:.4g} -> {after:.4g}, "
+                            f"{report['weight_rounding_seconds']:.1f} s")
         if on_unit_done is not None:
             on_unit_done(report)
     if store is not first:

@@ -1,19 +1,21 @@
 """Error-compensated weight rounding of a calibrated unit (``quant_cfg.weight_rounding='gptq'``).
 
 After a unit's search has fixed every grid, one quantized pass over the unit's inputs
-accumulates, for each weight-quantized Linear, ``H = sum_t x_t x_t^T`` over every token of
-every calibration item, ``x_t`` being what the layer's weight multiplies (its input after its
-own input quantizer, the post-GELU shift included). Each weight's codes are then chosen by
+accumulates, for each weight-quantized Linear and Conv2d, ``H = sum_t x_t x_t^T`` over every
+token (unfolded patch, for a convolution) of every calibration item, ``x_t`` being what the
+layer's weight (flattened to ``(out, fan_in)``) multiplies: its input after its own input
+quantizer, the post-GELU shift included. Each weight's codes are then chosen by
 :func:`mmq.quantizers.gptq.gptq_rounding` on that grid and kept as the weight quantizer's
 rounding; the float weights are untouched. All the unit's Hessians come from one pass with
 every weight rounded to nearest (GPTQ's "sequential" variant would rerun the unit after each
-layer). Convolutions keep rounding to nearest.
+layer). The neck and heads (``scope='detector'``) keep rounding to nearest.
 """
-from typing import Dict, List
+from typing import Dict, List, Union
 
 import torch
 from torch import Tensor
 
+from mmq.models.quant_conv import QuantConv2d
 from mmq.models.quant_linear import QuantLinear
 from mmq.quantizers.gptq import gptq_rounding
 from mmq.quantizers.uniform_quantizer import UniformQuantizer
@@ -21,20 +23,25 @@ from .activation_store import ActivationStore
 from .units import Unit
 
 
-def gptq_layers(unit: Unit) -> List[QuantLinear]:
-    """The unit's Linears whose calibrated per-channel uniform weight grid GPTQ can round on."""
+WeightLayer = Union[QuantLinear, QuantConv2d]
+
+
+def gptq_layers(unit: Unit) -> List[WeightLayer]:
+    """The unit's Linears / Conv2ds whose calibrated per-output-channel uniform weight grid
+    GPTQ can round on."""
     return [m for m in unit.module.modules()
-            if isinstance(m, QuantLinear) and isinstance(m.weight_quantizer, UniformQuantizer)
+            if isinstance(m, (QuantLinear, QuantConv2d))
+            and isinstance(m.weight_quantizer, UniformQuantizer)
             and m.weight_quantizer.is_active and m.weight_quantizer.ch_axis == 0]
 
 
 def input_hessians(unit: Unit, store: ActivationStore,
-                   layers: List[QuantLinear]) -> Dict[int, Tensor]:
+                   layers: List[WeightLayer]) -> Dict[int, Tensor]:
     """``id(layer) -> sum_t x_t x_t^T`` (float64) over one quantized pass of ``store``."""
     found: Dict[int, Tensor] = {}
 
-    def hook(layer: QuantLinear, args):
-        x = layer.weight_input(args[0].detach()).reshape(-1, layer.in_features).float()
+    def hook(layer: WeightLayer, args):
+        x = layer.weight_input_rows(args[0].detach()).float()
         h = (x.T @ x).double()
         if id(layer) in found:
             found[id(layer)] += h
@@ -65,12 +72,14 @@ def round_unit_weights(unit: Unit, store: ActivationStore, damp: float,
     for layer in layers:
         if id(layer) not in hessians:
             continue  # not on this unit's forward path (the block calibration says so)
-        q = layer.weight_quantizer
-        offsets, nearest, gptq = gptq_rounding(layer.weight, hessians[id(layer)], q.scale,
-                                               q.zero_point, q.bits, damp)
+        q, weight = layer.weight_quantizer, layer.weight
+        out_ch = weight.shape[0]
+        offsets, nearest, gptq = gptq_rounding(
+            weight.reshape(out_ch, -1), hessians[id(layer)], q.scale.reshape(out_ch, 1),
+            q.zero_point.reshape(out_ch, 1), q.bits, damp)
         kept = gptq < nearest
         if kept:
-            q.set_rounding(offsets)
+            q.set_rounding(offsets.reshape(weight.shape))
         reports.append(dict(name=names.get(id(layer), '?'), output_error_nearest=nearest,
                             output_error_gptq=gptq, kept=kept))
     return reports

@@ -46,15 +46,25 @@ class QuantConv2d(nn.Conv2d):
         return self._conv_forward(x, w, self.bias)
 
     # calibration -------------------------------------------------------------------------
-    def sample_inputs(self, args: tuple, num: int, generator: torch.Generator,
-                      outliers: int = 0) -> Tensor:
-        x = args[0].detach()
+    def _patch_rows(self, x: Tensor) -> Tensor:
+        """``(patches, in * kh * kw)``: ``x`` unfolded as the weight, flattened to
+        ``(out, in * kh * kw)``, multiplies it."""
         if self.padding_mode != 'zeros' or isinstance(self.padding, str):
             raise ValueError(f'QuantConv2d calibration needs numeric zero padding, got '
                              f'padding={self.padding!r}, padding_mode={self.padding_mode!r}.')
         patches = F.unfold(x, self.kernel_size, self.dilation, self.padding, self.stride)
-        return sample_rows(patches.transpose(1, 2).reshape(-1, patches.shape[1]), num, generator,
-                           outliers)
+        return patches.transpose(1, 2).reshape(-1, patches.shape[1])
+
+    def weight_input_rows(self, x: Tensor) -> Tensor:
+        """The rows the flattened weight multiplies for input ``x`` (after the input
+        quantizer)."""
+        if self.input_quantizer is not None:
+            x = self.input_quantizer(x)
+        return self._patch_rows(x)
+
+    def sample_inputs(self, args: tuple, num: int, generator: torch.Generator,
+                      outliers: int = 0) -> Tensor:
+        return sample_rows(self._patch_rows(args[0].detach()), num, generator, outliers)
 
     def calibration_problem(self, rows: Tensor) -> CalibrationProblem:
         out_ch = self.out_channels

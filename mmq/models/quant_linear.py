@@ -101,6 +101,10 @@ class QuantLinear(nn.Linear):
             out = out - q.shift
         return out
 
+    def weight_input_rows(self, x: Tensor) -> Tensor:
+        """``(rows, in_features)``: the rows the weight multiplies for input ``x``."""
+        return self.weight_input(x).reshape(-1, self.in_features)
+
     def forward(self, x: Tensor) -> Tensor:
         weight, bias, q = self.quantized_weight(), self.bias, self.input_quantizer
         if q is not None:
