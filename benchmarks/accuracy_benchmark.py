@@ -113,6 +113,12 @@ METHODS = {
     # methods, which round to nearest before reconstruction).
     'adalog-fpcs-gptq': dict(weight_rounding='gptq'),
     'adalog-fpcs-tokens-gptq': dict(token_roles=TOKENS, weight_rounding='gptq'),
+    # ... fitted to the float output on the unquantized inputs (the weights also absorb the
+    # 4-bit inputs' error), at W4A4 and W8A4.
+    'adalog-fpcs-tokens-gptqf': dict(token_roles=TOKENS, weight_rounding='gptq',
+                                     gptq_target='float'),
+    'adalog-fpcs-w8-tokens-gptqf': dict(w_bits=8, token_roles=TOKENS, weight_rounding='gptq',
+                                        gptq_target='float'),
     **{f'adalog-fpcs-{role}8': dict(role_bits={role: 8})
        for role in ('ln_input', 'qk', 'v', 'post_softmax', 'proj_input', 'post_gelu', 'other')},
 }

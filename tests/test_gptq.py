@@ -65,7 +65,9 @@ def test_rounding_offsets_make_the_quantizer_yield_the_codes():
     assert q.rounding.dtype == torch.int8 and int(q.rounding.min()) == -128
 
 
-def test_gptq_rounding_in_calibration_lowers_the_error_and_survives_save_and_load(tmp_path):
+@pytest.mark.parametrize('target', ['quantized', 'float'])
+def test_gptq_rounding_in_calibration_lowers_the_error_and_survives_save_and_load(
+        tmp_path, target):
     """Calibrating a tiny ViT (W4A8, so that weights dominate) with
     ``weight_rounding='gptq'``: block Linears get compensated codes where they lower the
     reported output error, block 0's output on held-out images is clearly closer to float than
@@ -75,7 +77,7 @@ def test_gptq_rounding_in_calibration_lowers_the_error_and_survives_save_and_loa
     g = torch.Generator().manual_seed(0)
     calib = [torch.randn(8, 3, 32, 32, generator=g) for _ in range(8)]
     test = torch.randn(16, 3, 32, 32, generator=g)
-    cfg = dict(FAST_QUANT, a_bits=8, weight_rounding='gptq')
+    cfg = dict(FAST_QUANT, a_bits=8, weight_rounding='gptq', gptq_target=target)
     model = copy.deepcopy(vit)
     report = mmq.quantize(model, calib, cfg)
     rounded = [u for u in report['units'] if 'weight_rounding' in u]
@@ -131,6 +133,11 @@ def test_gptq_damp_is_checked(bad):
         QuantConfig(gptq_damp=bad)
 
 
+def test_gptq_target_is_checked():
+    with pytest.raises(ValueError, match='gptq_target'):
+        QuantConfig(gptq_target='output')
+
+
 def test_conv_weight_input_rows_are_what_the_flattened_weight_multiplies():
     """GPTQ's Hessian of a convolution comes from these rows: with them, the flattened weight
     reproduces the convolution (strided, padded, dilated)."""
@@ -144,3 +151,24 @@ def test_conv_weight_input_rows_are_what_the_flattened_weight_multiplies():
         out = layer(x)
         rows = layer.weight_input_rows(x) @ layer.weight.reshape(5, -1).T
     assert torch.allclose(rows, out.permute(0, 2, 3, 1).reshape(-1, 5), atol=1e-5)
+
+
+def test_float_target_absorbs_the_input_quantization_error():
+    """``gptq_target='float'``: the reported error is the direct ``||X_q W_q^T - X W^T||^2``,
+    and when the quantized inputs carry a systematic error (here a shrunk, coarsely rounded
+    copy of the float inputs) the codes fitted to the float output beat GPTQ's own
+    objective on it."""
+    from mmq.quantizers.gptq import float_target_error
+    w, x, q = _problem(bits=4)
+    xq = (0.8 * x / 0.25).round() * 0.25
+    h, c, f = xq.T @ xq, xq.T @ x, x.T @ x
+    offsets_f, nearest_f, err_f = gptq_rounding(w, h, q.scale, q.zero_point, q.bits,
+                                                cross=c, float_hessian=f)
+    offsets_q, _, _ = gptq_rounding(w, h, q.scale, q.zero_point, q.bits)
+    wq_f = _dequant(q, torch.floor(w / q.scale) + offsets_f.float() + q.zero_point)
+    wq_q = _dequant(q, torch.floor(w / q.scale) + offsets_q.float() + q.zero_point)
+    direct = float((xq @ wq_f.T - x @ w.T).pow(2).sum())
+    assert err_f == pytest.approx(direct, rel=1e-3)
+    assert nearest_f == pytest.approx(float((xq @ q(w).T - x @ w.T).pow(2).sum()), rel=1e-3)
+    assert err_f < 0.5 * float_target_error(w, wq_q, h, c, f)
+    assert err_f < 0.5 * nearest_f

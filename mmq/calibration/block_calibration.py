@@ -264,7 +264,8 @@ def calibrate_unit(unit: Unit, store: ActivationStore, qcfg: QuantConfig,
     rounding_reports, rounding_seconds = [], 0.0
     if qcfg.weight_rounding == 'gptq':
         rounding_start = time.perf_counter()
-        rounding_reports = round_unit_weights(unit, store, qcfg.gptq_damp, names)
+        rounding_reports = round_unit_weights(unit, store, qcfg.gptq_damp, names,
+                                              qcfg.gptq_target)
         rounding_seconds = time.perf_counter() - rounding_start
         passes += 1
     # Quantized outputs become the next unit's inputs; SQNR against the float unit on a few.

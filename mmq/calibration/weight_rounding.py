@@ -35,18 +35,36 @@ def gptq_layers(unit: Unit) -> List[WeightLayer]:
             and m.weight_quantizer.is_active and m.weight_quantizer.ch_axis == 0]
 
 
-def input_hessians(unit: Unit, store: ActivationStore,
-                   layers: List[WeightLayer]) -> Dict[int, Tensor]:
-    """``id(layer) -> sum_t x_t x_t^T`` (float64) over one quantized pass of ``store``."""
-    found: Dict[int, Tensor] = {}
+class InputStats:
+    """``h = sum_t xq_t xq_t^T`` over the rows ``xq`` a layer's weight multiplies; with
+    ``float_target``, also ``c = sum_t xq_t x_t^T`` and ``f = sum_t x_t x_t^T`` for its
+    unquantized input rows ``x`` (float64 sums)."""
+
+    def __init__(self, float_target: bool) -> None:
+        self.float_target = float_target
+        self.h = self.c = self.f = None
+
+    @staticmethod
+    def _add(total, x: Tensor, y: Tensor) -> Tensor:
+        part = (x.T @ y).double()
+        return part if total is None else total.add_(part)
+
+    def add(self, layer: WeightLayer, x: Tensor) -> None:
+        xq = layer.weight_input_rows(x).float()
+        self.h = self._add(self.h, xq, xq)
+        if self.float_target:
+            xf = layer.float_input_rows(x).float()
+            self.c = self._add(self.c, xq, xf)
+            self.f = self._add(self.f, xf, xf)
+
+
+def input_stats(unit: Unit, store: ActivationStore, layers: List[WeightLayer],
+                float_target: bool = False) -> Dict[int, InputStats]:
+    """``id(layer) -> InputStats`` over one quantized pass of ``store``."""
+    found: Dict[int, InputStats] = {}
 
     def hook(layer: WeightLayer, args):
-        x = layer.weight_input_rows(args[0].detach()).float()
-        h = (x.T @ x).double()
-        if id(layer) in found:
-            found[id(layer)] += h
-        else:
-            found[id(layer)] = h
+        found.setdefault(id(layer), InputStats(float_target)).add(layer, args[0].detach())
 
     handles = [layer.register_forward_pre_hook(hook) for layer in layers]
     try:
@@ -60,23 +78,25 @@ def input_hessians(unit: Unit, store: ActivationStore,
 
 
 def round_unit_weights(unit: Unit, store: ActivationStore, damp: float,
-                       names: Dict[int, str]) -> List[dict]:
+                       names: Dict[int, str], target: str = 'quantized') -> List[dict]:
     """Set every GPTQ-able weight of ``unit`` to its error-compensated codes; per-layer
     reports (the output error on the calibration inputs with nearest and with GPTQ
-    rounding). A layer whose GPTQ error is not below nearest's keeps rounding to nearest."""
+    rounding). ``target='float'`` measures the error against the float output on the
+    unquantized inputs (``gptq_target``). A layer whose GPTQ error is not below nearest's
+    keeps rounding to nearest."""
     layers = gptq_layers(unit)
     if not layers:
         return []
-    hessians = input_hessians(unit, store, layers)
+    stats = input_stats(unit, store, layers, float_target=target == 'float')
     reports = []
     for layer in layers:
-        if id(layer) not in hessians:
+        if id(layer) not in stats:
             continue  # not on this unit's forward path (the block calibration says so)
-        q, weight = layer.weight_quantizer, layer.weight
+        q, weight, st = layer.weight_quantizer, layer.weight, stats[id(layer)]
         out_ch = weight.shape[0]
         offsets, nearest, gptq = gptq_rounding(
-            weight.reshape(out_ch, -1), hessians[id(layer)], q.scale.reshape(out_ch, 1),
-            q.zero_point.reshape(out_ch, 1), q.bits, damp)
+            weight.reshape(out_ch, -1), st.h, q.scale.reshape(out_ch, 1),
+            q.zero_point.reshape(out_ch, 1), q.bits, damp, cross=st.c, float_hessian=st.f)
         kept = gptq < nearest
         if kept:
             q.set_rounding(offsets.reshape(weight.shape))

@@ -124,6 +124,9 @@ class QuantConfig:
             methods). Block reconstruction, where it runs, learns the rounding again and
             keeps GPTQ's only for a unit it reverts.
         gptq_damp: GPTQ's diagonal damping, as a fraction of the Hessian's mean diagonal.
+        gptq_target: What GPTQ's codes reproduce: 'quantized' (the layer's float weight on its
+            quantized inputs, GPTQ's own objective) or 'float' (the layer's float output on
+            its unquantized inputs, so the weights also absorb the input quantization error).
     """
     w_bits: int = 4
     a_bits: int = 4
@@ -154,6 +157,7 @@ class QuantConfig:
     token_clip: str = 'search'
     weight_rounding: str = 'nearest'
     gptq_damp: float = 0.01
+    gptq_target: str = 'quantized'
 
     def __post_init__(self) -> None:
         self.stages = list(check_stages(self.stages))
@@ -190,7 +194,8 @@ class QuantConfig:
                               ('adalog_base_range', ADALOG_BASE_RANGES),
                               ('ln_reparam_ranges', ('minmax', 'search')),
                               ('token_clip', ('search', 'full')),
-                              ('weight_rounding', ('nearest', 'gptq'))):
+                              ('weight_rounding', ('nearest', 'gptq')),
+                              ('gptq_target', ('quantized', 'float'))):
             if getattr(self, name) not in allowed:
                 raise ValueError(f'quant_cfg.{name}={getattr(self, name)!r} is not one of '
                                  f'{allowed}.')

@@ -62,6 +62,10 @@ class QuantConv2d(nn.Conv2d):
             x = self.input_quantizer(x)
         return self._patch_rows(x)
 
+    def float_input_rows(self, x: Tensor) -> Tensor:
+        """The unquantized input ``x`` unfolded as :meth:`weight_input_rows`."""
+        return self._patch_rows(x)
+
     def sample_inputs(self, args: tuple, num: int, generator: torch.Generator,
                       outliers: int = 0) -> Tensor:
         return sample_rows(self._patch_rows(args[0].detach()), num, generator, outliers)

@@ -105,6 +105,10 @@ class QuantLinear(nn.Linear):
         """``(rows, in_features)``: the rows the weight multiplies for input ``x``."""
         return self.weight_input(x).reshape(-1, self.in_features)
 
+    def float_input_rows(self, x: Tensor) -> Tensor:
+        """``(rows, in_features)``: the unquantized input ``x`` as rows."""
+        return x.reshape(-1, self.in_features)
+
     def forward(self, x: Tensor) -> Tensor:
         weight, bias, q = self.quantized_weight(), self.bias, self.input_quantizer
         if q is not None:

@@ -14,7 +14,7 @@ reconstruction). The codes are returned as offsets from ``floor(w / s)`` for
 :meth:`~mmq.quantizers.UniformQuantizer.set_rounding`, so the float weight stays the float
 model's.
 """
-from typing import Tuple
+from typing import Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -97,11 +97,46 @@ def output_error(weight: Tensor, weight_q: Tensor, hessian: Tensor) -> float:
     return float(((d @ hessian.double()) * d).sum())
 
 
+def float_target_weight(weight: Tensor, hessian: Tensor, cross: Tensor,
+                        damp: float = 0.01) -> Tensor:
+    """``V = W C^T (H + damp * mean(diag H) I)^-1``, the least-squares weight for the
+    quantized inputs ``X_q`` to reproduce the float output ``X W^T`` (``H = X_q^T X_q``,
+    ``C = X_q^T X``): ``||X_q W_q^T - X W^T||^2 = tr((W_q - V) H (W_q - V)^T) + const``, so
+    GPTQ on ``V`` with ``H`` minimises the error against the float output."""
+    h = hessian.double().clone()
+    diag = torch.diagonal(h)
+    diag[diag <= 0] = 1.0
+    diag += damp * diag.mean()
+    v = torch.linalg.solve(h, cross.double() @ weight.detach().double().T).T
+    return v.to(weight.dtype)
+
+
+def float_target_error(weight: Tensor, weight_q: Tensor, hessian: Tensor, cross: Tensor,
+                       float_hessian: Tensor) -> float:
+    """``||X_q W_q^T - X W^T||^2 = tr(W_q H W_q^T) - 2 tr(W_q C W^T) + tr(W F W^T)`` with
+    ``F = X^T X``."""
+    w, wq = weight.detach().double(), weight_q.detach().double()
+    return float(((wq @ hessian.double()) * wq).sum() - 2 * ((wq @ cross.double()) * w).sum()
+                 + ((w @ float_hessian.double()) * w).sum())
+
+
 def gptq_rounding(weight: Tensor, hessian: Tensor, scale: Tensor, zero_point: Tensor,
-                  bits: int, damp: float = 0.01) -> Tuple[Tensor, float, float]:
-    """(rounding offsets, output error with nearest rounding, output error with GPTQ)."""
-    codes = gptq_codes(weight, hessian, scale, zero_point, bits, damp)
+                  bits: int, damp: float = 0.01, cross: Optional[Tensor] = None,
+                  float_hessian: Optional[Tensor] = None) -> Tuple[Tensor, float, float]:
+    """(rounding offsets, output error with nearest rounding, output error with GPTQ).
+
+    With ``cross`` (``X_q^T X``) and ``float_hessian`` (``X^T X``) the target is the float
+    output ``X W^T`` (the weights also absorb the input's quantization error:
+    :func:`float_target_weight`); otherwise ``X_q W^T``, GPTQ's own objective."""
     nearest = (uniform_quantize(weight.detach(), scale, zero_point, bits) - zero_point) * scale
+    if cross is None:
+        codes = gptq_codes(weight, hessian, scale, zero_point, bits, damp)
+        return (rounding_offsets(weight, codes, scale, zero_point),
+                output_error(weight, nearest, hessian),
+                output_error(weight, (codes - zero_point) * scale, hessian))
+    target = float_target_weight(weight, hessian, cross, damp)
+    codes = gptq_codes(target, hessian, scale, zero_point, bits, damp)
     return (rounding_offsets(weight, codes, scale, zero_point),
-            output_error(weight, nearest, hessian),
-            output_error(weight, (codes - zero_point) * scale, hessian))
+            float_target_error(weight, nearest, hessian, cross, float_hessian),
+            float_target_error(weight, (codes - zero_point) * scale, hessian, cross,
+                               float_hessian))
