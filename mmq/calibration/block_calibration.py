@@ -341,7 +341,7 @@ def calibrate_units(units: List[Unit], store: ActivationStore, qcfg: QuantConfig
                 after = sum(min(r['output_error_nearest'], r['output_error_gptq'])
                             for r in rounding)
                 logger.info(f"[mmq] unit {i + 1}/{len(units)} {unit.name}: GPTQ rounding on "
-                            f"{sum(r['kept'] for r in rounding)}/{len(rounding)} Linears, "
+                            f"{sum(r['kept'] for r in rounding)}/{len(rounding)} layers, "
                             f"weights' output error {before:.4g} -> {after:.4g}, "
                             f"{report['weight_rounding_seconds']:.1f} s")
         if on_unit_done is not None:
