@@ -115,6 +115,10 @@ METHODS = {
     'adalog-fpcs-tokens-gptq': dict(token_roles=TOKENS, weight_rounding='gptq'),
     # ... fitted to the float output on the unquantized inputs (the weights also absorb the
     # 4-bit inputs' error), at W4A4 and W8A4.
+    # Reconstruction started from the GPTQ codes (reconstruct.rounding_init='calibrated').
+    'adalog-fpcs-tokens-gptq+rec': dict(token_roles=TOKENS, weight_rounding='gptq',
+                                        stages=['calibrate', 'reconstruct'],
+                                        reconstruct=dict(REC_DEMO, rounding_init='calibrated')),
     'adalog-fpcs-tokens-gptqf': dict(token_roles=TOKENS, weight_rounding='gptq',
                                      gptq_target='float'),
     'adalog-fpcs-w8-tokens-gptqf': dict(w_bits=8, token_roles=TOKENS, weight_rounding='gptq',

@@ -136,6 +136,8 @@ def test_gptq_damp_is_checked(bad):
 def test_gptq_target_is_checked():
     with pytest.raises(ValueError, match='gptq_target'):
         QuantConfig(gptq_target='output')
+    with pytest.raises(ValueError, match='rounding_init'):
+        QuantConfig(reconstruct=dict(rounding_init='gptq'))
 
 
 def test_conv_weight_input_rows_are_what_the_flattened_weight_multiplies():
@@ -172,3 +174,42 @@ def test_float_target_absorbs_the_input_quantization_error():
     assert nearest_f == pytest.approx(float((xq @ q(w).T - x @ w.T).pow(2).sum()), rel=1e-3)
     assert err_f < 0.5 * float_target_error(w, wq_q, h, c, f)
     assert err_f < 0.5 * nearest_f
+
+
+def test_adaround_can_start_from_the_calibrated_codes():
+    """``reconstruct.rounding_init='calibrated'``: hardened at the start, the learned
+    rounding gives the calibration's (GPTQ) codes back, codes beyond floor / ceil of the
+    float weight included; the soft weight lies between the float weight and those codes."""
+    from mmq.quantizers.adaround_quantizer import AdaRoundQuantizer
+    w, x, q = _problem(bits=3)
+    offsets, _, _ = gptq_rounding(w, x.T @ x, q.scale, q.zero_point, q.bits)
+    q.set_rounding(offsets)
+    target = q(w)
+    start = q.quantize(w) - q.zero_point
+    far = ((start - w / q.scale).abs() > 1) & (start > -q.zero_point) & (
+        start < 2**q.bits - 1 - q.zero_point)
+    assert far.any()  # GPTQ moved some weights by more than one step
+    rounder = AdaRoundQuantizer(q, w, start)
+    assert torch.equal(rounder(w, hard=True), target)
+    soft = rounder(w)
+    inside = ~far
+    lo, hi = torch.minimum(w, target), torch.maximum(w, target)
+    assert ((soft >= lo - 1e-6) & (soft <= hi + 1e-6))[inside].all()
+
+
+def test_reconstruction_from_the_gptq_codes_runs_and_reports():
+    """GPTQ calibration, then block reconstruction started from its codes: every block is
+    reported, and a block kept calibrated still holds GPTQ's codes."""
+    vit = tiny_vit(32, 8, 32, 2, 4)
+    g = torch.Generator().manual_seed(0)
+    calib = [torch.randn(4, 3, 32, 32, generator=g) for _ in range(2)]
+    model = copy.deepcopy(vit)
+    report = mmq.quantize(model, calib, dict(
+        FAST_QUANT, weight_rounding='gptq', stages=['calibrate', 'reconstruct'],
+        reconstruct=dict(iters=4, batch=2, rounding_init='calibrated')))
+    rec = [u for u in report['units'] if u.get('stage') == 'reconstruct']
+    assert {u['unit'] for u in rec} >= {'blocks.0', 'blocks.1'}
+    for u in rec:
+        assert u['loss_after'] <= u['loss_before']
+    fc1 = model.blocks[0].mlp.fc1.weight_quantizer
+    assert fc1.rounding.numel() == model.blocks[0].mlp.fc1.weight.numel()

@@ -161,8 +161,12 @@ def reconstruct_unit(unit: Unit, q_store: ActivationStore, fp_store: ActivationS
         p.requires_grad_(False)
     rounders = {}
     for layer in layers:
-        rounders[id(layer)] = (layer, layer.weight_quantizer,
-                               AdaRoundQuantizer(layer.weight_quantizer, layer.weight))
+        base = layer.weight_quantizer
+        start = None
+        if opts.rounding_init == 'calibrated' and base.rounding.numel():
+            with torch.no_grad():
+                start = base.quantize(layer.weight) - base.zero_point
+        rounders[id(layer)] = (layer, base, AdaRoundQuantizer(base, layer.weight, start))
         layer.weight_quantizer = rounders[id(layer)][2]
     scales = _learnable_scales(act_qs, opts.learn_log_scales)
     param_groups = [dict(params=[r.v for _, _, r in rounders.values()], lr=opts.round_lr)]

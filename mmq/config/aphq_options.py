@@ -66,6 +66,10 @@ class ReconstructOptions:
             :mod:`mmq.calibration.box_head_reconstruction`).
         box_head_rois: RoIs per image the box heads are reconstructed on (the float model's
             best proposals).
+        rounding_init: Where the learned rounding starts: 'float' (published: the soft
+            rounding reproduces the float weight) or 'calibrated' (halfway towards the
+            calibration's codes where it chose any, e.g. ``weight_rounding='gptq'``, so that
+            hardening at once gives them back; beyond the published method).
     """
     iters: int = 20000
     batch: int = 32
@@ -81,6 +85,7 @@ class ReconstructOptions:
     learn_log_scales: bool = False
     box_head: bool = False
     box_head_rois: int = 128
+    rounding_init: str = 'float'
 
 
 def build_options(cls, cfg: Optional[dict], key: str):
@@ -104,6 +109,9 @@ def build_options(cls, cfg: Optional[dict], key: str):
             raise ValueError(f'quant_cfg.{key}.{f.name}={v!r} must be positive.')
         if f.name in ('percentile', 'drop_prob', 'warmup') and not 0 <= v <= 1:
             raise ValueError(f'quant_cfg.{key}.{f.name}={v!r} must be in [0, 1].')
+        if f.name == 'rounding_init' and v not in ('float', 'calibrated'):
+            raise ValueError(f"quant_cfg.{key}.rounding_init={v!r} must be 'float' (published) "
+                             "or 'calibrated'.")
         if f.name == 'fc2_init' and v not in ('none', 'lstsq'):
             raise ValueError(f"quant_cfg.{key}.fc2_init={v!r} must be 'none' (published: "
                              "start from the GELU weights) or 'lstsq'.")

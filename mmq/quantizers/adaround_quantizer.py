@@ -1,6 +1,6 @@
 """AdaRound: learned rounding of a calibrated per-channel uniform weight quantizer (the
 rounding variables that block reconstruction trains, ``methods.md`` 5)."""
-from typing import Tuple
+from typing import Optional, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -14,12 +14,25 @@ class AdaRoundQuantizer(nn.Module):
     """Learned rounding of a calibrated per-channel uniform weight quantizer: ``w_q = s *
     clamp(floor(w / s) + h(V), -z, 2^b - 1 - z)`` with the rectified sigmoid ``h``."""
 
-    def __init__(self, base: UniformQuantizer, weight: Tensor) -> None:
+    def __init__(self, base: UniformQuantizer, weight: Tensor,
+                 start: Optional[Tensor] = None) -> None:
         super().__init__()
         self.base = base
-        self.register_buffer('floor', torch.floor(weight.detach() / base.scale))
-        rest = (weight.detach() / base.scale - self.floor).clamp(1e-4, 1 - 1e-4)
-        # h(V) = rest at the start: the soft rounding reproduces the float weight.
+        u = weight.detach() / base.scale
+        if start is None:
+            self.register_buffer('floor', torch.floor(u))
+            # h(V) = rest at the start: the soft rounding reproduces the float weight.
+            rest = (u - self.floor).clamp(1e-4, 1 - 1e-4)
+        else:
+            # Start from given grid indices ``start`` (e.g. GPTQ's codes less the zero
+            # point): the pair of candidates holds them and leans towards the float weight;
+            # the soft weight starts halfway between the two, on their side of 1/2, so that
+            # hardening at the start gives ``start`` back.
+            start = start.to(u)
+            self.register_buffer('floor', torch.where(u < start, start - 1, start))
+            mid = ((u - self.floor) + (start - self.floor)) / 2
+            rest = torch.where(start > self.floor, mid.clamp(0.5 + 1e-2, 1 - 1e-4),
+                               mid.clamp(1e-4, 0.5 - 1e-2))
         self.v = nn.Parameter(-torch.log((ZETA - GAMMA) / (rest - GAMMA) - 1))
 
     def h(self) -> Tensor:
