@@ -29,7 +29,7 @@ def _no_network(cfg: Config) -> None:
 
 
 def test_every_config_is_found():
-    assert len(DETECTOR_CONFIGS) >= 30 and len(PRESETS) == 13
+    assert len(DETECTOR_CONFIGS) >= 30 and len(PRESETS) == 15
 
 
 @pytest.mark.parametrize('path', DETECTOR_CONFIGS, ids=lambda p: osp.relpath(p, ROOT))
@@ -73,3 +73,4 @@ def test_quant_preset_parses(path):
         assert images == 256  # the published detection count for reconstruction
     else:
         assert images == 32
+    assert qcfg.weight_rounding == ('gptq' if 'gptq' in name else 'nearest')
