@@ -120,9 +120,11 @@ class QuantConfig:
             min / max).
         weight_rounding: How weights are rounded onto their searched grids: 'nearest'
             (published) or 'gptq' (error-compensated codes from the layer's input Hessian,
-            :mod:`mmq.calibration.weight_rounding`; Linears only; beyond the published
-            methods). Block reconstruction, where it runs, learns the rounding again and
-            keeps GPTQ's only for a unit it reverts.
+            :mod:`mmq.calibration.weight_rounding`; backbone Linears and Conv2ds; beyond the
+            published methods). Block reconstruction, where it runs, learns the rounding
+            again (from the float weight, or from GPTQ's codes with
+            ``reconstruct.rounding_init='calibrated'``) and keeps GPTQ's for a unit it
+            reverts.
         gptq_damp: GPTQ's diagonal damping, as a fraction of the Hessian's mean diagonal.
         gptq_target: What GPTQ's codes reproduce: 'quantized' (the layer's float weight on its
             quantized inputs, GPTQ's own objective) or 'float' (the layer's float output on
