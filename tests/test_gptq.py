@@ -211,5 +211,6 @@ def test_reconstruction_from_the_gptq_codes_runs_and_reports():
     assert {u['unit'] for u in rec} >= {'blocks.0', 'blocks.1'}
     for u in rec:
         assert u['loss_after'] <= u['loss_before']
+        assert isinstance(u['seconds'], float) and u['seconds'] > 0
     fc1 = model.blocks[0].mlp.fc1.weight_quantizer
     assert fc1.rounding.numel() == model.blocks[0].mlp.fc1.weight.numel()

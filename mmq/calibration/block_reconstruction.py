@@ -162,11 +162,11 @@ def reconstruct_unit(unit: Unit, q_store: ActivationStore, fp_store: ActivationS
     rounders = {}
     for layer in layers:
         base = layer.weight_quantizer
-        start = None
+        codes = None  # where the learned rounding starts: None = the float weight
         if opts.rounding_init == 'calibrated' and base.rounding.numel():
             with torch.no_grad():
-                start = base.quantize(layer.weight) - base.zero_point
-        rounders[id(layer)] = (layer, base, AdaRoundQuantizer(base, layer.weight, start))
+                codes = base.quantize(layer.weight) - base.zero_point
+        rounders[id(layer)] = (layer, base, AdaRoundQuantizer(base, layer.weight, codes))
         layer.weight_quantizer = rounders[id(layer)][2]
     scales = _learnable_scales(act_qs, opts.learn_log_scales)
     param_groups = [dict(params=[r.v for _, _, r in rounders.values()], lr=opts.round_lr)]
