@@ -105,6 +105,9 @@ def test_errors_are_clear(swin_backbone):
     with pytest.raises(TypeError, match='unsupported backbone ResNet'):
         from mmdet.models.backbones import ResNet
         mmq.quantize(ResNet(18), _images(1), FAST_QUANT)
+    # mmdet's SwinTransformer.eval() returns None: say so rather than "backbone NoneType".
+    with pytest.raises(TypeError, match=r'needs the model \(an nn.Module\), got NoneType'):
+        mmq.quantize(copy.deepcopy(swin_backbone).eval(), _images(1), FAST_QUANT)
     with pytest.raises(ValueError, match='w_bits=9'):
         mmq.QuantConfig(w_bits=9)
     with pytest.raises(ValueError, match='unknown quant_cfg key'):

@@ -120,6 +120,10 @@ def quantize(model: nn.Module,
         on_stage_done: Called as ``(stage, stages_done, stage_report)`` after each stage.
     """
     start = time.perf_counter()
+    if not isinstance(model, nn.Module):
+        raise TypeError(f'mmq.quantize needs the model (an nn.Module), got '
+                        f'{type(model).__name__} (note: mmdet backbones such as '
+                        'SwinTransformer return None from .eval() / .train()).')
     qcfg = quant_cfg if isinstance(quant_cfg, QuantConfig) else QuantConfig.from_dict(quant_cfg)
     detector = is_detector(model)
     backbone = model.backbone if detector else model
