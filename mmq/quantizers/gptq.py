@@ -24,14 +24,19 @@ from .uniform import uniform_quantize
 GPTQ_BLOCK = 128
 
 
-def _inverse_cholesky(h: Tensor, damp: float) -> Tensor:
-    """Upper Cholesky factor of ``(H + damp * mean(diag H) I)^-1`` (float64)."""
+def _damped(h: Tensor, damp: float) -> Tensor:
+    """``H + damp * mean(diag H) I`` (float64 copy), a zero diagonal entry (an input that is
+    always zero, whose column costs nothing) set to 1 first."""
     h = h.double().clone()
     diag = torch.diagonal(h)
-    dead = diag <= 0  # inputs that are always zero: their columns cost nothing
-    diag[dead] = 1.0
+    diag[diag <= 0] = 1.0
     diag += damp * diag.mean()
-    lower = torch.linalg.cholesky(h)
+    return h
+
+
+def _inverse_cholesky(h: Tensor, damp: float) -> Tensor:
+    """Upper Cholesky factor of ``(H + damp * mean(diag H) I)^-1`` (float64)."""
+    lower = torch.linalg.cholesky(_damped(h, damp))
     return torch.linalg.cholesky(torch.cholesky_inverse(lower), upper=True)
 
 
@@ -103,11 +108,7 @@ def float_target_weight(weight: Tensor, hessian: Tensor, cross: Tensor,
     quantized inputs ``X_q`` to reproduce the float output ``X W^T`` (``H = X_q^T X_q``,
     ``C = X_q^T X``): ``||X_q W_q^T - X W^T||^2 = tr((W_q - V) H (W_q - V)^T) + const``, so
     GPTQ on ``V`` with ``H`` minimises the error against the float output."""
-    h = hessian.double().clone()
-    diag = torch.diagonal(h)
-    diag[diag <= 0] = 1.0
-    diag += damp * diag.mean()
-    v = torch.linalg.solve(h, cross.double() @ weight.detach().double().T).T
+    v = torch.linalg.solve(_damped(hessian, damp), cross.double() @ weight.detach().double().T).T
     return v.to(weight.dtype)
 
 
