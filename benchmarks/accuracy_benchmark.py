@@ -123,6 +123,12 @@ METHODS = {
                                      gptq_target='float'),
     'adalog-fpcs-w8-tokens-gptqf': dict(w_bits=8, token_roles=TOKENS, weight_rounding='gptq',
                                         gptq_target='float'),
+    # Per-token scales per group of 32 / 16 features (block scaling along the reduction
+    # axis, as the MX formats; beyond the published methods).
+    **{f'adalog-fpcs{w}-tokens{g}-g{n}': dict(token_roles=TOKENS, token_group_size=n,
+                                              **(dict(w_bits=8) if w else {}),
+                                              **(dict(weight_rounding='gptq') if g else {}))
+       for w in ('', '-w8') for g in ('', '-gptq') for n in (16, 32)},
     **{f'adalog-fpcs-{role}8': dict(role_bits={role: 8})
        for role in ('ln_input', 'qk', 'v', 'post_softmax', 'proj_input', 'post_gelu', 'other')},
 }

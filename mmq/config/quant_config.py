@@ -6,6 +6,7 @@ from typing import Dict, List, Optional
 from mmq.quantizers import GELU_SHIFT, UniformQuantizer
 from mmq.quantizers.fpcs import LogSchedule, UniformSchedule
 from mmq.quantizers.log_quant import ADALOG_BASE_RANGES
+from mmq.quantizers.token_quantizer import check_group_size
 from mmq.registry import CALIBRATORS as CALIBRATOR_REGISTRY
 from mmq.registry import QUANTIZERS
 from mmq.quantizers.validation import UNIFORM_BITS, check_bits
@@ -118,6 +119,10 @@ class QuantConfig:
         token_clip: How FPCS sets those quantizers' clip ratio: 'search' (on the layer
             output, as every other FPCS parameter) or 'full' (clip 1: every token's own
             min / max).
+        token_group_size: Features per scale within a token for those quantizers (block
+            scaling along the reduction axis, as the OCP MX formats' 32-element blocks; beyond
+            the published methods); ``None``: one scale per token. Must divide every
+            token-quantized width (ViT / Swin widths and head dims: 16 or 32 do).
         weight_rounding: How weights are rounded onto their searched grids: 'nearest'
             (published) or 'gptq' (error-compensated codes from the layer's input Hessian,
             :mod:`mmq.calibration.weight_rounding`; backbone Linears and Conv2ds; beyond the
@@ -157,6 +162,7 @@ class QuantConfig:
     role_bits: Optional[Dict[str, int]] = None
     token_roles: Optional[List[str]] = None
     token_clip: str = 'search'
+    token_group_size: Optional[int] = None
     weight_rounding: str = 'nearest'
     gptq_damp: float = 0.01
     gptq_target: str = 'quantized'
@@ -190,6 +196,10 @@ class QuantConfig:
                 raise ValueError(f'quant_cfg.token_roles={self.token_roles!r} must be a list '
                                  f'of roles from {TOKEN_ROLES}.')
             self.token_roles = list(self.token_roles)
+        check_group_size(self.token_group_size, 'quant_cfg.token_group_size')
+        if self.token_group_size is not None and not self.token_roles:
+            raise ValueError('quant_cfg.token_group_size needs quant_cfg.token_roles (the '
+                             'per-token quantized roles it splits into groups).')
         for name, allowed in (('softmax', POWER_LAW_QUANTIZERS), ('gelu', POWER_LAW_QUANTIZERS),
                               ('calibrator', CALIBRATORS), ('scope', SCOPES),
                               ('dequant', ('table', 'exact')),
@@ -270,7 +280,8 @@ class QuantConfig:
         e.g. a Conv input) allows it."""
         bits = self.bits_for(role)
         if feature_axis is not None and role in (self.token_roles or ()):
-            return _quantizer('TokenQuantizer', bits=bits, feature_axis=feature_axis)
+            return _quantizer('TokenQuantizer', bits=bits, feature_axis=feature_axis,
+                              group_size=self.token_group_size)
         return _quantizer('UniformQuantizer', bits=bits, ch_axis=ch_axis)
 
     def _power_law(self, kind: str, role: str, **log_kwargs):

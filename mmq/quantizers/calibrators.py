@@ -126,7 +126,7 @@ class FPCSCalibrator:
                 quantizer.set_params(1.0)
                 return None
             result = fpcs_token(x, quantizer.bits, quantizer.feature_axis, objective,
-                                self.budget)
+                                self.budget, quantizer.group_size)
             quantizer.set_params(float(result.params[0, 0]))
         else:
             raise _unsupported(self, quantizer)

@@ -268,10 +268,12 @@ def fpcs_token(x: Tensor,
                bits: int,
                feature_axis: int = -1,
                objective: Optional[Objective] = None,
-               budget: int = 2**24) -> SearchResult:
+               budget: int = 2**24,
+               group_size: Optional[int] = None) -> SearchResult:
     """Search the clip ratio of a dynamic per-token quantizer
     (:class:`mmq.quantizers.TokenQuantizer`) with FPCS's coarse-to-fine beam; ``objective``
-    defaults to self-MSE. ``params`` are ``(1, 1)``: the ratio, in (0, 1]."""
+    defaults to self-MSE (``group_size``: the quantizer's features per scale). ``params`` are
+    ``(1, 1)``: the ratio, in (0, 1]."""
     check_bits(bits, UNIFORM_BITS)
     check_finite(x)
     objective = objective or self_mse(x)
@@ -281,7 +283,8 @@ def fpcs_token(x: Tensor,
 
     def score(cands: Tensor) -> Tensor:
         clip = cands[0, :, 0].reshape(-1, *([1] * x.dim()))
-        return objective(token_fake_quant(x.unsqueeze(0), clip, bits, feature_axis)).t()
+        quantized = token_fake_quant(x.unsqueeze(0), clip, bits, feature_axis, group_size)
+        return objective(quantized).t()
 
     def refine(beam: Tensor, step: int) -> Tensor:
         width = torch.full_like(beam[..., 0], 2 * d0 / 4**(step - 1))

@@ -106,9 +106,12 @@ def integer_objective(problem: CalibrationProblem, which: str, ref: Tensor,
             and isinstance(cand_q, UniformQuantizer) and 2**cand_q.bits - 1 <= INT_CODE_MAX
             and hasattr(fixed_q, 'integer_scale') and bool(fixed_q.calibrated)):
         return None
+    scale = fixed_q.integer_scale(fixed)
+    if scale is None:  # e.g. per-group token scales: no scale per row to factor out
+        return None
     cand = problem.b if which == 'b' else problem.a
     return IntegerProductMSE.from_quantized(
-        other, fixed_q.integer_scale(fixed), which, problem.linear, tuple(cand.shape),
+        other, scale, which, problem.linear, tuple(cand.shape),
         cand_q.ch_axis, ref, problem.op)
 
 

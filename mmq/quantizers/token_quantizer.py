@@ -12,7 +12,15 @@ and applies it to the int32 accumulator, so ``x_hat @ W_q^T = s_row * (codes - z
 W_q^T``: the cost is one min / max reduction per token at run time. Static per-tensor scales
 (the published methods) must cover the largest token of the calibration set; DINOv2's
 high-norm tokens make that range wide for every other token.
+
+With ``group_size`` (beyond the published methods) a token's features are split into
+consecutive groups of that many, each with its own ``(s, z)``: block scaling along the
+reduction axis, as the OCP microscaling (MX) formats do with 32-element blocks. The kernel
+then accumulates each group's integer products apart and scales them before summing, so the
+cost is one scale per group instead of per token.
 """
+from typing import Optional, Tuple
+
 import torch
 from torch import Tensor
 
@@ -22,19 +30,44 @@ from .uniform import range_to_params, round_ste
 from .validation import UNIFORM_BITS, check_finite
 
 
-def token_fake_quant(x: Tensor, clip: Tensor, bits: int, feature_axis: int = -1) -> Tensor:
-    """Fake-quantize ``x`` with one ``(s, z)`` per token, the range taken along
-    ``feature_axis`` and scaled by ``clip`` (broadcasts against ``x`` with a leading candidate
-    axis: ``clip`` of shape ``(K, 1, ..., 1)`` gives ``K`` candidates). The rounding has a
-    straight-through gradient; the range is differentiable."""
-    scale, zero_point = token_params(x, clip, bits, feature_axis)
-    codes = torch.clamp(round_ste(x / scale) + zero_point, 0, 2**bits - 1)
-    return (codes - zero_point) * scale
+def group_tokens(x: Tensor, clip: Tensor, feature_axis: int,
+                 group_size: Optional[int]) -> Tuple[Tensor, Tensor]:
+    """``x`` with ``feature_axis`` split into ``(features / group_size, group_size)`` (the
+    group's own features on ``feature_axis``, counted from the end as before) and ``clip``
+    shaped to broadcast against it; both unchanged when ``group_size`` is ``None``."""
+    if group_size is None:
+        return x, clip
+    axis = feature_axis % x.dim()
+    features = x.shape[axis]
+    if features % group_size:
+        raise ValueError(f'token_group_size={group_size} does not divide the {features} '
+                         f'features of an activation of shape {tuple(x.shape)}: choose a '
+                         'divisor of every token-quantized width (e.g. 16 or 32).')
+    grouped = x.reshape(*x.shape[:axis], features // group_size, group_size,
+                        *x.shape[axis + 1:])
+    return grouped, (clip.unsqueeze(-1) if clip.dim() else clip)
+
+
+def token_fake_quant(x: Tensor, clip: Tensor, bits: int, feature_axis: int = -1,
+                     group_size: Optional[int] = None) -> Tensor:
+    """Fake-quantize ``x`` with one ``(s, z)`` per token (per group of ``group_size`` of its
+    features), the range taken along ``feature_axis`` and scaled by ``clip`` (broadcasts
+    against ``x`` with a leading candidate axis: ``clip`` of shape ``(K, 1, ..., 1)`` gives
+    ``K`` candidates). The rounding has a straight-through gradient; the range is
+    differentiable."""
+    grouped, clip = group_tokens(x, clip, feature_axis, group_size)
+    scale, zero_point = token_params(grouped, clip, bits, feature_axis)
+    codes = torch.clamp(round_ste(grouped / scale) + zero_point, 0, 2**bits - 1)
+    out = (codes - zero_point) * scale
+    if group_size is None:
+        return out
+    axis = feature_axis if feature_axis < 0 else feature_axis - x.dim()
+    return out.flatten(axis - 1, axis)  # the groups back into one feature axis
 
 
 def token_params(x: Tensor, clip: Tensor, bits: int, feature_axis: int = -1):
-    """Every token's ``(scale, zero point)`` (see :func:`token_fake_quant`), keeping
-    ``feature_axis`` as a size-1 dim."""
+    """Every token's ``(scale, zero point)`` (see :func:`token_fake_quant`; of every group
+    when ``x`` comes from :func:`group_tokens`), keeping ``feature_axis`` as a size-1 dim."""
     lo = x.amin(dim=feature_axis, keepdim=True) * clip
     hi = x.amax(dim=feature_axis, keepdim=True) * clip
     return range_to_params(lo, hi, bits)
@@ -49,16 +82,21 @@ class TokenQuantizer(BaseQuantizer):
         feature_axis (int): The axis a token's range is taken over: ``-1`` for Linear inputs
             ``(..., tokens, features)`` and ``q`` ``(B, heads, N, d)``, ``-2`` for ``k^T``
             ``(B, heads, d, N)``.
+        group_size (int, optional): Features per scale within a token (block scaling along
+            the reduction axis); ``None``: one scale per token.
     """
 
     lazy_buffers = ('clip', )
 
-    def __init__(self, bits: int, feature_axis: int = -1) -> None:
+    def __init__(self, bits: int, feature_axis: int = -1,
+                 group_size: Optional[int] = None) -> None:
         super().__init__(bits, UNIFORM_BITS)
         if feature_axis not in (-1, -2):
             raise ValueError(f'feature_axis={feature_axis!r} must be -1 (rows) or -2 '
                              '(columns).')
+        check_group_size(group_size)
         self.feature_axis = feature_axis
+        self.group_size = group_size
 
     def set_params(self, clip: float) -> None:
         """Set the clip ratio (in (0, 1]: the fraction of each token's range kept)."""
@@ -69,11 +107,14 @@ class TokenQuantizer(BaseQuantizer):
 
     def fake_quant(self, x: Tensor, clip: Tensor) -> Tensor:
         """``x`` quantized with clip ratio(s) ``clip`` (see :func:`token_fake_quant`)."""
-        return token_fake_quant(x, clip, self.bits, self.feature_axis)
+        return token_fake_quant(x, clip, self.bits, self.feature_axis, self.group_size)
 
-    def integer_scale(self, x: Tensor) -> Tensor:
+    def integer_scale(self, x: Tensor) -> Optional[Tensor]:
         """The scales ``x`` is quantized with (one per token): ``self(x)`` is integer codes
-        times them."""
+        times them; ``None`` with groups (no single scale per token to factor out of a
+        product)."""
+        if self.group_size is not None:
+            return None
         return token_params(x, self.clip, self.bits, self.feature_axis)[0]
 
     def forward(self, x: Tensor) -> Tensor:
@@ -82,4 +123,13 @@ class TokenQuantizer(BaseQuantizer):
         return self.fake_quant(x, self.clip)
 
     def extra_repr(self) -> str:
-        return f'{super().extra_repr()}, feature_axis={self.feature_axis}'
+        group = '' if self.group_size is None else f', group_size={self.group_size}'
+        return f'{super().extra_repr()}, feature_axis={self.feature_axis}{group}'
+
+
+def check_group_size(group_size: Optional[int], name: str = 'group_size') -> None:
+    """``None`` or an integer >= 2."""
+    if group_size is not None and (isinstance(group_size, bool) or not isinstance(
+            group_size, int) or group_size < 2):
+        raise ValueError(f'{name}={group_size!r} must be None (one scale per token) or an '
+                         'integer >= 2 (features per scale, e.g. 32).')
