@@ -37,9 +37,14 @@ def tensor_checksum(state: Dict[str, Tensor]) -> str:
 
 
 def quantizer_layout(model: nn.Module) -> Dict[str, List]:
-    """``{module name: [quantizer class, bits]}`` of every quantizer of ``model``."""
-    return {name: [type(m).__name__, int(m.bits)] for name, m in model.named_modules()
-            if isinstance(m, BaseQuantizer)}
+    """``{module name: [quantizer class, bits]}`` of every quantizer of ``model`` (with its
+    ``group_size`` appended where it has one)."""
+    layout = {}
+    for name, m in model.named_modules():
+        if isinstance(m, BaseQuantizer):
+            group = getattr(m, 'group_size', None)
+            layout[name] = [type(m).__name__, int(m.bits)] + ([group] if group else [])
+    return layout
 
 
 def _atomic_save(obj: dict, path: str) -> str:
