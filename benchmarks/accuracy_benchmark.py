@@ -129,6 +129,20 @@ METHODS = {
                                               **(dict(w_bits=8) if w else {}),
                                               **(dict(weight_rounding='gptq') if g else {}))
        for w in ('', '-w8') for g in ('', '-gptq') for n in (16, 32)},
+    # ... and fc2's input per token (group) too, in place of the static shifted AdaLog.
+    **{f'adalog-fpcs{w}-tokens4-g{n}': dict(token_roles=TOKENS + ['post_gelu'],
+                                            token_group_size=n,
+                                            **(dict(w_bits=8) if w else {}))
+       for w in ('', '-w8') for n in (16, 32)},
+    # ... with reconstruction (the demo and long schedules) and the issue's APHQ row.
+    'adalog-fpcs-tokens-g32+rec': dict(token_roles=TOKENS, token_group_size=32,
+                                       stages=['calibrate', 'reconstruct'], reconstruct=REC_DEMO),
+    'adalog-fpcs-tokens-g32+rec-long': dict(token_roles=TOKENS, token_group_size=32,
+                                            stages=['calibrate', 'reconstruct'],
+                                            reconstruct=REC_LONG),
+    'adalog-fpcs-tokens-g32+mr+rec-long': dict(token_roles=TOKENS, token_group_size=32,
+                                               stages=['mr', 'calibrate', 'reconstruct'],
+                                               mr=MR_LSTSQ, reconstruct=REC_LONG),
     **{f'adalog-fpcs-{role}8': dict(role_bits={role: 8})
        for role in ('ln_input', 'qk', 'v', 'post_softmax', 'proj_input', 'post_gelu', 'other')},
 }

@@ -24,7 +24,7 @@ SCOPES = ('backbone', 'detector')
 ROLES = ('ln_input', 'qk', 'v', 'post_softmax', 'proj_input', 'post_gelu', 'other')
 # Roles ``token_roles`` can give dynamic per-token scales: the operands whose tokens are the
 # rows (columns of ``k^T``) an integer kernel can scale its accumulator by.
-TOKEN_ROLES = ('ln_input', 'proj_input', 'qk')
+TOKEN_ROLES = ('ln_input', 'proj_input', 'qk', 'post_gelu')
 
 
 def _quantizer(name: str, **kwargs):
@@ -114,8 +114,10 @@ class QuantConfig:
         token_roles: Activation roles quantized with dynamic per-token scales
             (:class:`mmq.quantizers.TokenQuantizer`: each token's own range at run time, a
             calibrated clip ratio) instead of static per-tensor / per-head ones: any of
-            'ln_input', 'proj_input' (Linear inputs) and 'qk' (q per query row, k per key).
-            Beyond the published methods (static scales); ``None``: all static.
+            'ln_input', 'proj_input' (Linear inputs), 'qk' (q per query row, k per key) and
+            'post_gelu' (fc2's input: uniform per token in place of ``gelu``'s static
+            quantizer). Beyond the published methods (static scales); ``None``: all
+            static.
         token_clip: How FPCS sets those quantizers' clip ratio: 'search' (on the layer
             output, as every other FPCS parameter) or 'full' (clip 1: every token's own
             min / max).
@@ -295,8 +297,21 @@ class QuantConfig:
     def post_softmax(self):
         return self._power_law(self.softmax, 'post_softmax', fixed_scale=1.0)
 
-    def post_relu(self) -> UniformQuantizer:
+    def _post_activation_tokens(self):
+        """fc2's input quantizer when ``token_roles`` has 'post_gelu' (else ``None``)."""
+        if 'post_gelu' not in (self.token_roles or ()):
+            return None
+        return _quantizer('TokenQuantizer', bits=self.bits_for('post_gelu'),
+                          group_size=self.token_group_size)
+
+    def post_relu(self):
+        tokens = self._post_activation_tokens()
+        if tokens is not None:
+            return tokens
         return _quantizer('UniformQuantizer', bits=self.bits_for('post_gelu'), fixed_zero_point=0)
 
     def post_gelu(self):
+        tokens = self._post_activation_tokens()
+        if tokens is not None:
+            return tokens
         return self._power_law(self.gelu, 'post_gelu', shift=GELU_SHIFT)
