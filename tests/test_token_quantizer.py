@@ -127,7 +127,7 @@ def test_token_roles_place_dynamic_quantizers_and_survive_save_and_load(tmp_path
         mmq.load_quantized_state(copy.deepcopy(vit), path)
 
 
-@pytest.mark.parametrize('bad', [['v'], 'qk', ['post_gelu']])
+@pytest.mark.parametrize('bad', [['v'], 'qk', ['post_softmax']])
 def test_token_roles_are_checked(bad):
     with pytest.raises(ValueError, match='token_roles'):
         QuantConfig(token_roles=bad)
@@ -217,3 +217,27 @@ def test_grouped_token_roles_calibrate_and_a_mislabelled_state_is_refused(tmp_pa
     mmq.save_quantized_state(models[4], path, QuantConfig(**dict(cfg, token_group_size=None)))
     with pytest.raises(ValueError, match='does not describe it'):
         mmq.load_quantized_state(copy.deepcopy(vit), path)
+
+
+def test_post_gelu_token_role_replaces_the_shifted_log_quantizer():
+    """'post_gelu' in token_roles gives fc2's input a (grouped) TokenQuantizer, no shift to
+    fold, after MR too (post-ReLU); the calibrated ViT stays close to float."""
+    roles = TOKENS + ['post_gelu']
+    cfg = QuantConfig(**FAST_QUANT, token_roles=roles, token_group_size=4)
+    for q in (cfg.post_gelu(), cfg.post_relu()):
+        assert isinstance(q, TokenQuantizer) and q.group_size == 4 and q.feature_axis == -1
+    vit = tiny_vit(32, 8, 32, 2, 4)
+    g = torch.Generator().manual_seed(0)
+    calib = [torch.randn(2, 3, 32, 32, generator=g) for _ in range(2)]
+    test = torch.randn(2, 3, 32, 32, generator=g)
+    model = copy.deepcopy(vit)
+    report = mmq.quantize(model, calib, dict(FAST_QUANT, token_roles=roles))
+    for block in model.blocks:
+        q = block.mlp.fc2.input_quantizer
+        assert isinstance(q, TokenQuantizer) and bool(q.calibrated) and q.group_size is None
+    fc2 = [layer for unit in report['units'] for layer in unit.get('layers', [])
+           if layer['name'].endswith('fc2')]
+    assert len(fc2) == 2 and not any(layer['gelu_shift_folded'] for layer in fc2)
+    with torch.no_grad():
+        ref, out = vit(test), model(test)
+    assert float((out - ref).pow(2).mean() / ref.pow(2).mean()) < 0.5
