@@ -130,10 +130,18 @@ METHODS = {
                                               **(dict(weight_rounding='gptq') if g else {}))
        for w in ('', '-w8') for g in ('', '-gptq') for n in (16, 32)},
     # ... and fc2's input per token (group) too, in place of the static shifted AdaLog.
-    **{f'adalog-fpcs{w}-tokens4-g{n}': dict(token_roles=TOKENS + ['post_gelu'],
-                                            token_group_size=n,
-                                            **(dict(w_bits=8) if w else {}))
-       for w in ('', '-w8') for n in (16, 32)},
+    **{f'adalog-fpcs{w}-tokens4-g{n}{g}': dict(token_roles=TOKENS + ['post_gelu'],
+                                               token_group_size=n,
+                                               **(dict(w_bits=8) if w else {}),
+                                               **(dict(weight_rounding='gptq') if g else {}))
+       for w in ('', '-w8') for n in (16, 32) for g in ('', '-gptq')},
+    **{f'adalog-fpcs-tokens4-g{n}{stages}': dict(
+        token_roles=TOKENS + ['post_gelu'], token_group_size=n,
+        stages=['mr', 'calibrate', 'reconstruct'] if 'mr' in stages else [
+            'calibrate', 'reconstruct'],
+        reconstruct=REC_LONG if 'long' in stages else REC_DEMO,
+        **(dict(mr=MR_LSTSQ) if 'mr' in stages else {}))
+       for n in (16, 32) for stages in ('+rec', '+rec-long', '+mr+rec-long')},
     # ... with reconstruction (the demo and long schedules) and the issue's APHQ row.
     'adalog-fpcs-tokens-g32+rec': dict(token_roles=TOKENS, token_group_size=32,
                                        stages=['calibrate', 'reconstruct'], reconstruct=REC_DEMO),
