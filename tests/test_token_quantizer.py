@@ -6,6 +6,7 @@ import torch
 
 import mmq
 from mmq.config import QuantConfig
+from mmq.models.quant_conv import QuantConv2d
 from mmq.models.quant_linear import QuantLinear
 from mmq.quantizers import (FPCSCalibrator, MinMaxCalibrator, PercentileCalibrator,
                             TokenQuantizer, UniformQuantizer, fpcs_token, token_fake_quant)
@@ -241,3 +242,37 @@ def test_post_gelu_token_role_replaces_the_shifted_log_quantizer():
     with torch.no_grad():
         ref, out = vit(test), model(test)
     assert float((out - ref).pow(2).mean() / ref.pow(2).mean()) < 0.5
+
+
+@pytest.mark.parametrize('kernel,group', [(1, None), (3, 8), (3, None)])
+def test_conv_inputs_per_pixel(kernel, group):
+    """'other' in token_roles quantizes a Conv2d input per pixel (its channels, in groups):
+    forward equals per-pixel quantization, calibration's pixel-major patch rows see exactly
+    those groups and reproduce the convolution, and the searched layer beats a static
+    per-tensor input on pixels of very different sizes."""
+    g = torch.Generator().manual_seed(4)
+    conv = torch.nn.Conv2d(16, 8, kernel, padding=kernel // 2)
+    x = torch.randn(2, 16, 6, 6, generator=g) * torch.logspace(-1, 1, 36).view(1, 1, 6, 6)
+    cfg = QuantConfig(**FAST_QUANT, token_roles=['other'], token_group_size=group)
+    layers = {}
+    for name, qcfg in (('pixel', cfg), ('static', QuantConfig(**FAST_QUANT))):
+        layer = QuantConv2d.from_float(copy.deepcopy(conv), qcfg.weight(),
+                                       qcfg.activation(pixel_channels=16))
+        rows = layer.sample_inputs((x, ), 10**6, torch.Generator().manual_seed(0))
+        solve(layer.calibration_problem(rows), qcfg.make_calibrator, rounds=1,
+              b_is_weight=True)
+        layers[name] = layer
+    layer, q = layers['pixel'], layers['pixel'].input_quantizer
+    assert isinstance(q, TokenQuantizer) and q.group_size == (group or 16)
+    with torch.no_grad():
+        ref = conv(x)
+        manual = token_fake_quant(x.movedim(1, -1), q.clip, 4, -1, group or 16).movedim(-1, 1)
+        assert torch.equal(layer.quantize_input(x), manual)
+        # Pixel-major rows: quantizing the rows is quantizing the pixels, then unfolding.
+        rows = layer._patch_rows(x, pixel_major=True)
+        assert torch.equal(q(rows), layer._patch_rows(manual, pixel_major=True))
+        problem = layer.calibration_problem(rows)
+        out = problem.op(rows, problem.b).reshape(2, 6, 6, 8).permute(0, 3, 1, 2)
+        assert torch.allclose(out + conv.bias.view(1, -1, 1, 1), ref, atol=1e-4)
+        errors = {k: float((m(x) - ref).pow(2).mean()) for k, m in layers.items()}
+    assert errors['pixel'] < 0.5 * errors['static'], errors

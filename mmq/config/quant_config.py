@@ -24,7 +24,7 @@ SCOPES = ('backbone', 'detector')
 ROLES = ('ln_input', 'qk', 'v', 'post_softmax', 'proj_input', 'post_gelu', 'other')
 # Roles ``token_roles`` can give dynamic per-token scales: the operands whose tokens are the
 # rows (columns of ``k^T``) an integer kernel can scale its accumulator by.
-TOKEN_ROLES = ('ln_input', 'proj_input', 'qk', 'post_gelu')
+TOKEN_ROLES = ('ln_input', 'proj_input', 'qk', 'post_gelu', 'other')
 
 
 def _quantizer(name: str, **kwargs):
@@ -116,8 +116,9 @@ class QuantConfig:
             calibrated clip ratio) instead of static per-tensor / per-head ones: any of
             'ln_input', 'proj_input' (Linear inputs), 'qk' (q per query row, k per key) and
             'post_gelu' (fc2's input: uniform per token in place of ``gelu``'s static
-            quantizer). Beyond the published methods (static scales); ``None``: all
-            static.
+            quantizer) and 'other' (every other Linear input per token, Conv2d inputs per
+            pixel: the ViTDet pyramid, neck and heads). Beyond the published methods
+            (static scales); ``None``: all static.
         token_clip: How FPCS sets those quantizers' clip ratio: 'search' (on the layer
             output, as every other FPCS parameter) or 'full' (clip 1: every token's own
             min / max).
@@ -275,15 +276,17 @@ class QuantConfig:
         return (self.role_bits or {}).get(role, self.a_bits)
 
     def activation(self, ch_axis: Optional[int] = None, role: str = 'other',
-                   feature_axis: Optional[int] = -1):
+                   feature_axis: Optional[int] = -1, pixel_channels: Optional[int] = None):
         """The quantizer of an activation of ``role``: static uniform (per tensor, or per
         ``ch_axis``), or dynamic per token where ``token_roles`` names the role and
         ``feature_axis`` (the axis a token's features lie on; ``None``: not a token layout,
-        e.g. a Conv input) allows it."""
+        e.g. v) allows it. ``pixel_channels``: a Conv2d input's channels, quantized per pixel
+        when the role is a token role (in groups of ``token_group_size``, else all of them:
+        a pixel's channels are one group of the unfolded patch)."""
         bits = self.bits_for(role)
         if feature_axis is not None and role in (self.token_roles or ()):
             return _quantizer('TokenQuantizer', bits=bits, feature_axis=feature_axis,
-                              group_size=self.token_group_size)
+                              group_size=self.token_group_size or pixel_channels)
         return _quantizer('UniformQuantizer', bits=bits, ch_axis=ch_axis)
 
     def _power_law(self, kind: str, role: str, **log_kwargs):

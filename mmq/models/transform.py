@@ -9,7 +9,7 @@ post-GELU fc2 input by ``qcfg.gelu`` (shifted AdaLog by default); a post-ReLU fc
 MR) uniform with zero point 0; the patch-embedding input (the first conv of a conv stem)
 stays float; ConvTranspose2d, LayerNorm, Softmax and GELU stay float.
 """
-from typing import Dict, Iterable
+from typing import Dict, Iterable, Optional
 
 from torch import nn
 
@@ -23,7 +23,8 @@ from .quant_matmul import QuantMatMul
 QUANT_LAYERS = (QuantLinear, QuantConv2d, QuantMatMul)
 
 
-def _input_quantizer(role: str, qcfg: QuantConfig, tokens: bool = True):
+def _input_quantizer(role: str, qcfg: QuantConfig, conv_channels: Optional[int] = None):
+    """A Linear's input quantizer (a Conv2d's with ``conv_channels``, its input channels)."""
     if role == 'image':
         return None  # the patch-embedding input (pixels) stays float
     if role == 'gelu':
@@ -31,7 +32,7 @@ def _input_quantizer(role: str, qcfg: QuantConfig, tokens: bool = True):
     if role == 'relu':
         return qcfg.post_relu()
     return qcfg.activation(role=role if role in ('ln_input', 'proj_input') else 'other',
-                           feature_axis=-1 if tokens else None)
+                           pixel_channels=conv_channels)
 
 
 def _swap(module: nn.Module, roles: Dict[int, str], qcfg: QuantConfig) -> nn.Module:
@@ -47,7 +48,7 @@ def _swap(module: nn.Module, roles: Dict[int, str], qcfg: QuantConfig) -> nn.Mod
         return QuantLinear.from_float(module, qcfg.weight(), _input_quantizer(role, qcfg))
     if isinstance(module, nn.Conv2d) and module.groups == 1:
         return QuantConv2d.from_float(module, qcfg.weight(),
-                                      _input_quantizer(role, qcfg, tokens=False))
+                                      _input_quantizer(role, qcfg, module.in_channels))
     return module
 
 
