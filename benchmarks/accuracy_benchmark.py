@@ -142,6 +142,13 @@ METHODS = {
         reconstruct=REC_LONG if 'long' in stages else REC_DEMO,
         **(dict(mr=MR_LSTSQ) if 'mr' in stages else {}))
        for n in (16, 32) for stages in ('+rec', '+rec-long', '+mr+rec-long')},
+    # ... and every other input too (the pyramid's convolutions per pixel): every
+    # activation role but v and post-Softmax dynamic.
+    **{f'adalog-fpcs{w}-tokens5-g{n}{g}': dict(token_roles=TOKENS + ['post_gelu', 'other'],
+                                               token_group_size=n,
+                                               **(dict(w_bits=8) if w else {}),
+                                               **(dict(weight_rounding='gptq') if g else {}))
+       for w in ('', '-w8') for n in (16, 32) for g in ('', '-gptq')},
     # ... with reconstruction (the demo and long schedules) and the issue's APHQ row.
     'adalog-fpcs-tokens-g32+rec': dict(token_roles=TOKENS, token_group_size=32,
                                        stages=['calibrate', 'reconstruct'], reconstruct=REC_DEMO),
