@@ -24,6 +24,14 @@ def _outlier_tokens(rows: int = 256, dim: int = 64, seed: int = 0) -> torch.Tens
     return x
 
 
+def _vit_and_images():
+    """A tiny ViT, two calibration batches and a held-out batch (seeded)."""
+    vit = tiny_vit(32, 8, 32, 2, 4)
+    g = torch.Generator().manual_seed(0)
+    calib = [torch.randn(2, 3, 32, 32, generator=g) for _ in range(2)]
+    return vit, calib, torch.randn(2, 3, 32, 32, generator=g)
+
+
 def test_each_token_gets_its_own_grid():
     """With clip 1 every token keeps its own min and max (up to half a step) and at most 2^b
     levels, along the feature axis asked for (rows, or columns for k^T)."""
@@ -99,10 +107,7 @@ def test_token_roles_place_dynamic_quantizers_and_survive_save_and_load(tmp_path
     """q / k (k^T by columns), the LayerNorm-fed and proj inputs become TokenQuantizers; v,
     fc2's input and every weight stay static; the calibrated model is close to float, and a
     saved state reloads bit-identically (and is refused as a static layout)."""
-    vit = tiny_vit(32, 8, 32, 2, 4)
-    g = torch.Generator().manual_seed(0)
-    calib = [torch.randn(2, 3, 32, 32, generator=g) for _ in range(2)]
-    test = torch.randn(2, 3, 32, 32, generator=g)
+    vit, calib, test = _vit_and_images()
     cfg = dict(FAST_QUANT, token_roles=TOKENS)
     model = copy.deepcopy(vit)
     mmq.quantize(model, calib, cfg)
@@ -138,9 +143,7 @@ def test_token_quantizers_pass_gradients_in_block_reconstruction():
     """Reconstruction trains through the dynamic quantizers (their clip ratios stay
     calibrated): every block's weighted loss falls, and the token_clip='full' option
     reaches the calibrator (clip 1 everywhere)."""
-    vit = tiny_vit(32, 8, 32, 2, 4)
-    g = torch.Generator().manual_seed(0)
-    calib = [torch.randn(2, 3, 32, 32, generator=g) for _ in range(2)]
+    vit, calib, _ = _vit_and_images()
     model = copy.deepcopy(vit)
     report = mmq.quantize(model, calib, dict(
         FAST_QUANT, token_roles=TOKENS, token_clip='full', stages=['calibrate', 'reconstruct'],
@@ -191,10 +194,7 @@ def test_grouped_token_roles_calibrate_and_a_mislabelled_state_is_refused(tmp_pa
     """``token_group_size`` reaches every token quantizer of a calibrated ViT, beats one scale
     per token on held-out images, reloads bit-identically, and a state saved under a
     quant_cfg without groups is refused."""
-    vit = tiny_vit(32, 8, 32, 2, 4)
-    g = torch.Generator().manual_seed(0)
-    calib = [torch.randn(2, 3, 32, 32, generator=g) for _ in range(2)]
-    test = torch.randn(2, 3, 32, 32, generator=g)
+    vit, calib, test = _vit_and_images()
     with torch.no_grad():
         ref = vit(test)
     errors, models = {}, {}
@@ -227,10 +227,7 @@ def test_post_gelu_token_role_replaces_the_shifted_log_quantizer():
     cfg = QuantConfig(**FAST_QUANT, token_roles=roles, token_group_size=4)
     for q in (cfg.post_gelu(), cfg.post_relu()):
         assert isinstance(q, TokenQuantizer) and q.group_size == 4 and q.feature_axis == -1
-    vit = tiny_vit(32, 8, 32, 2, 4)
-    g = torch.Generator().manual_seed(0)
-    calib = [torch.randn(2, 3, 32, 32, generator=g) for _ in range(2)]
-    test = torch.randn(2, 3, 32, 32, generator=g)
+    vit, calib, test = _vit_and_images()
     model = copy.deepcopy(vit)
     report = mmq.quantize(model, calib, dict(FAST_QUANT, token_roles=roles))
     for block in model.blocks:
