@@ -12,6 +12,9 @@ from mmengine.runner import Runner
 
 import mmq
 from mmq.models import count_quant_layers, set_quant_enabled
+from mmq.models.quant_conv import QuantConv2d
+from mmq.models.quant_linear import QuantLinear
+from mmq.quantizers import TokenQuantizer
 from .conftest import FAST_QUANT, swin_config
 
 
@@ -381,3 +384,46 @@ def test_search_sample_size_does_not_grow_with_the_calibration_set():
     assert not torch.equal(rows, other)
     rows, (a, b) = sizes(4)  # 4 rows of each item's 10, 2 maps of each item's 1 -> 1
     assert rows.shape == (16, 8) and a.shape[0] == 4
+
+
+def test_detector_scope_with_block_scaled_token_roles(shapes_data, tmp_path):
+    """The stock Swin-T Mask R-CNN at detector scope with every token role and 16-feature
+    groups: every Linear / Conv input of the neck and heads (and the backbone's) but the
+    pixels becomes a grouped TokenQuantizer (convs per pixel), all calibrated, and the model
+    evaluates."""
+    work_dir = str(tmp_path / 'work')
+    roles = ['ln_input', 'proj_input', 'qk', 'post_gelu', 'other']
+    cfg = swin_config(shapes_data, work_dir, dict(FAST_QUANT, scope='detector', token_roles=roles,
+                                                  token_group_size=16), tmp_path)
+    runner = Runner.from_cfg(cfg)
+    metrics = runner.test()
+    assert 0.0 <= metrics['coco/segm_mAP'] <= 1.0
+    model = runner.model
+    layers = [m for m in model.modules() if isinstance(m, (QuantLinear, QuantConv2d))]
+    inputs = [m.input_quantizer for m in layers if m.input_quantizer is not None]
+    assert len(inputs) == len(layers) - 1  # the patch embedding sees pixels
+    assert all(isinstance(q, TokenQuantizer) and q.group_size == 16 and bool(q.calibrated)
+               for q in inputs)
+    assert sum(isinstance(m, QuantConv2d) for m in layers) == 1 + 8 + 3 + 5
+
+
+def test_stock_swin_patch_embedding_and_merging_are_recognised():
+    """mmdet's SwinTransformer builds mmdet's own PatchEmbed / PatchMerging (not mmcv's):
+    the patch embedding's pixels stay float and every PatchMerging reduction is a
+    post-LayerNorm input (reparameterized from its norm, per token with 'ln_input')."""
+    from mmdet.registry import MODELS
+    from mmdet.utils import register_all_modules
+    from mmengine.hub import get_config
+    from mmq.calibration.quantize import prepare
+    from mmq.models.adapters import layernorm_pairs
+    from .conftest import STOCK_SWIN
+    register_all_modules()
+    model = MODELS.build(get_config(STOCK_SWIN).model)
+    backbone = model.backbone
+    merges = [stage.downsample for stage in backbone.stages if stage.downsample is not None]
+    assert len(merges) == 3
+    prepare(backbone, dict(FAST_QUANT, token_roles=['ln_input']))
+    assert backbone.patch_embed.projection.input_quantizer is None
+    for merge in merges:
+        assert isinstance(merge.reduction.input_quantizer, TokenQuantizer)
+        assert [(n, r) for n, r, _ in layernorm_pairs(merge)] == [(merge.norm, merge.reduction)]

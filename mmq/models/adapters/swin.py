@@ -1,8 +1,12 @@
 """mmdet's Swin Transformer (and mmcv's transformer bricks it is built from)."""
 from typing import Dict, List, Optional
 
-from mmcv.cnn.bricks.transformer import FFN, PatchEmbed, PatchMerging
+from mmcv.cnn.bricks.transformer import FFN
+from mmcv.cnn.bricks.transformer import PatchEmbed as MMCVPatchEmbed
+from mmcv.cnn.bricks.transformer import PatchMerging as MMCVPatchMerging
 from mmdet.models.backbones import SwinTransformer
+from mmdet.models.layers import PatchEmbed as MMDetPatchEmbed
+from mmdet.models.layers import PatchMerging as MMDetPatchMerging
 from mmdet.models.backbones.swin import ShiftWindowMSA, SwinBlock, WindowMSA
 from torch import nn
 
@@ -10,6 +14,11 @@ from mmq.registry import BACKBONE_ADAPTERS
 from ..quant_attention import QuantShiftWindowMSA, QuantWindowMSA
 from mmq.config.quant_config import QuantConfig
 from .base import BackboneAdapter, MLPParts, Pair, State, Unit, activation_role
+
+# mmdet's SwinTransformer builds mmdet's own copies of these (not subclasses of mmcv's);
+# other OpenMMLab backbones build mmcv's.
+PatchEmbed = (MMDetPatchEmbed, MMCVPatchEmbed)
+PatchMerging = (MMDetPatchMerging, MMCVPatchMerging)
 
 
 def ffn_parts(ffn: FFN) -> Optional[MLPParts]:
