@@ -29,7 +29,7 @@ def _no_network(cfg: Config) -> None:
 
 
 def test_every_config_is_found():
-    assert len(DETECTOR_CONFIGS) >= 30 and len(PRESETS) == 15
+    assert len(DETECTOR_CONFIGS) >= 30 and len(PRESETS) == 16
 
 
 @pytest.mark.parametrize('path', DETECTOR_CONFIGS, ids=lambda p: osp.relpath(p, ROOT))
@@ -74,3 +74,5 @@ def test_quant_preset_parses(path):
     else:
         assert images == 32
     assert qcfg.weight_rounding == ('gptq' if 'gptq' in name else 'nearest')
+    assert qcfg.token_group_size == (16 if '_g16' in name else None)
+    assert (qcfg.token_roles is not None) == ('_g16' in name)
