@@ -48,6 +48,8 @@ REC_LONG = dict(REC_DEMO, iters=900, round_lr=0.1 / 3)
 REC_XL = dict(REC_DEMO, iters=2700, round_lr=0.1 / 9)
 UNIFORM = dict(softmax='uniform', gelu='uniform')
 TOKENS = ['ln_input', 'proj_input', 'qk']
+TOKEN_SETS = dict(tokens=TOKENS, tokens4=TOKENS + ['post_gelu'],
+                  tokens5=TOKENS + ['post_gelu', 'other'])
 METHODS = {
     'uniform-minmax': dict(UNIFORM, calibrator='minmax'),
     'uniform-percentile': dict(UNIFORM, calibrator='percentile'),
@@ -124,40 +126,24 @@ METHODS = {
     'adalog-fpcs-w8-tokens-gptqf': dict(w_bits=8, token_roles=TOKENS, weight_rounding='gptq',
                                         gptq_target='float'),
     # Per-token scales per group of 32 / 16 features (block scaling along the reduction
-    # axis, as the MX formats; beyond the published methods).
-    **{f'adalog-fpcs{w}-tokens{g}-g{n}': dict(token_roles=TOKENS, token_group_size=n,
-                                              **(dict(w_bits=8) if w else {}),
-                                              **(dict(weight_rounding='gptq') if g else {}))
-       for w in ('', '-w8') for g in ('', '-gptq') for n in (16, 32)},
-    # ... and fc2's input per token (group) too, in place of the static shifted AdaLog.
-    **{f'adalog-fpcs{w}-tokens4-g{n}{g}': dict(token_roles=TOKENS + ['post_gelu'],
-                                               token_group_size=n,
-                                               **(dict(w_bits=8) if w else {}),
-                                               **(dict(weight_rounding='gptq') if g else {}))
-       for w in ('', '-w8') for n in (16, 32) for g in ('', '-gptq')},
-    **{f'adalog-fpcs-tokens4-g{n}{stages}': dict(
-        token_roles=TOKENS + ['post_gelu'], token_group_size=n,
+    # axis, as the MX formats; beyond the published methods) for the three token roles
+    # ('tokens'), with fc2's input ('tokens4', in place of the static shifted AdaLog) and
+    # every other input too ('tokens5': the pyramid's convolutions per pixel); 8-bit weights
+    # ('-w8'), GPTQ ('-gptq'; before '-gN' on the three-role rows, after it otherwise).
+    **{f'adalog-fpcs{w}-{t}' + (f'{g}-g{n}' if t == 'tokens' else f'-g{n}{g}'): dict(
+        token_roles=roles, token_group_size=n, **(dict(w_bits=8) if w else {}),
+        **(dict(weight_rounding='gptq') if g else {}))
+       for t, roles in TOKEN_SETS.items() for w in ('', '-w8') for g in ('', '-gptq')
+       for n in (16, 32)},
+    # ... with reconstruction (the demo and long schedules) and the issue's APHQ row.
+    **{f'adalog-fpcs-{t}-g{n}{stages}': dict(
+        token_roles=roles, token_group_size=n,
         stages=['mr', 'calibrate', 'reconstruct'] if 'mr' in stages else [
             'calibrate', 'reconstruct'],
         reconstruct=REC_LONG if 'long' in stages else REC_DEMO,
         **(dict(mr=MR_LSTSQ) if 'mr' in stages else {}))
-       for n in (16, 32) for stages in ('+rec', '+rec-long', '+mr+rec-long')},
-    # ... and every other input too (the pyramid's convolutions per pixel): every
-    # activation role but v and post-Softmax dynamic.
-    **{f'adalog-fpcs{w}-tokens5-g{n}{g}': dict(token_roles=TOKENS + ['post_gelu', 'other'],
-                                               token_group_size=n,
-                                               **(dict(w_bits=8) if w else {}),
-                                               **(dict(weight_rounding='gptq') if g else {}))
-       for w in ('', '-w8') for n in (16, 32) for g in ('', '-gptq')},
-    # ... with reconstruction (the demo and long schedules) and the issue's APHQ row.
-    'adalog-fpcs-tokens-g32+rec': dict(token_roles=TOKENS, token_group_size=32,
-                                       stages=['calibrate', 'reconstruct'], reconstruct=REC_DEMO),
-    'adalog-fpcs-tokens-g32+rec-long': dict(token_roles=TOKENS, token_group_size=32,
-                                            stages=['calibrate', 'reconstruct'],
-                                            reconstruct=REC_LONG),
-    'adalog-fpcs-tokens-g32+mr+rec-long': dict(token_roles=TOKENS, token_group_size=32,
-                                               stages=['mr', 'calibrate', 'reconstruct'],
-                                               mr=MR_LSTSQ, reconstruct=REC_LONG),
+       for t, roles in TOKEN_SETS.items() for n in (16, 32)
+       for stages in ('+rec', '+rec-long', '+mr+rec-long')},
     **{f'adalog-fpcs-{role}8': dict(role_bits={role: 8})
        for role in ('ln_input', 'qk', 'v', 'post_softmax', 'proj_input', 'post_gelu', 'other')},
 }
