@@ -284,7 +284,7 @@ class QuantConfig:
         when the role is a token role (in groups of ``token_group_size``, else all of them:
         a pixel's channels are one group of the unfolded patch)."""
         bits = self.bits_for(role)
-        if feature_axis is not None and role in (self.token_roles or ()):
+        if feature_axis is not None and self.per_token(role):
             return _quantizer('TokenQuantizer', bits=bits, feature_axis=feature_axis,
                               group_size=self.token_group_size or pixel_channels)
         return _quantizer('UniformQuantizer', bits=bits, ch_axis=ch_axis)
@@ -300,21 +300,16 @@ class QuantConfig:
     def post_softmax(self):
         return self._power_law(self.softmax, 'post_softmax', fixed_scale=1.0)
 
-    def _post_activation_tokens(self):
-        """fc2's input quantizer when ``token_roles`` has 'post_gelu' (else ``None``)."""
-        if 'post_gelu' not in (self.token_roles or ()):
-            return None
-        return _quantizer('TokenQuantizer', bits=self.bits_for('post_gelu'),
-                          group_size=self.token_group_size)
+    def per_token(self, role: str) -> bool:
+        """Whether ``token_roles`` gives ``role`` dynamic per-token scales."""
+        return role in (self.token_roles or ())
 
     def post_relu(self):
-        tokens = self._post_activation_tokens()
-        if tokens is not None:
-            return tokens
+        if self.per_token('post_gelu'):
+            return self.activation(role='post_gelu')
         return _quantizer('UniformQuantizer', bits=self.bits_for('post_gelu'), fixed_zero_point=0)
 
     def post_gelu(self):
-        tokens = self._post_activation_tokens()
-        if tokens is not None:
-            return tokens
+        if self.per_token('post_gelu'):
+            return self.activation(role='post_gelu')
         return self._power_law(self.gelu, 'post_gelu', shift=GELU_SHIFT)
