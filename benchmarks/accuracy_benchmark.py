@@ -49,7 +49,8 @@ REC_XL = dict(REC_DEMO, iters=2700, round_lr=0.1 / 9)
 UNIFORM = dict(softmax='uniform', gelu='uniform')
 TOKENS = ['ln_input', 'proj_input', 'qk']
 TOKEN_SETS = dict(tokens=TOKENS, tokens4=TOKENS + ['post_gelu'],
-                  tokens5=TOKENS + ['post_gelu', 'other'])
+                  tokens5=TOKENS + ['post_gelu', 'other'],
+                  tokens7=TOKENS + ['post_gelu', 'other', 'v', 'post_softmax'])
 METHODS = {
     'uniform-minmax': dict(UNIFORM, calibrator='minmax'),
     'uniform-percentile': dict(UNIFORM, calibrator='percentile'),
@@ -125,16 +126,18 @@ METHODS = {
                                      gptq_target='float'),
     'adalog-fpcs-w8-tokens-gptqf': dict(w_bits=8, token_roles=TOKENS, weight_rounding='gptq',
                                         gptq_target='float'),
-    # Per-token scales per group of 32 / 16 features (block scaling along the reduction
+    # Per-token scales per group of 32 / 16 / 8 features (block scaling along the reduction
     # axis, as the MX formats; beyond the published methods) for the three token roles
-    # ('tokens'), with fc2's input ('tokens4', in place of the static shifted AdaLog) and
-    # every other input too ('tokens5': the pyramid's convolutions per pixel); 8-bit weights
+    # ('tokens'), with fc2's input ('tokens4', in place of the static shifted AdaLog),
+    # every other input too ('tokens5': the pyramid's convolutions per pixel) and both
+    # operands of A @ v ('tokens7': v per channel column, A per query row, in groups of
+    # tokens / keys, in place of the static per-head v and the post-Softmax AdaLog); 8-bit weights
     # ('-w8'), GPTQ ('-gptq'; before '-gN' on the three-role rows, after it otherwise).
     **{f'adalog-fpcs{w}-{t}' + (f'{g}-g{n}' if t == 'tokens' else f'-g{n}{g}'): dict(
         token_roles=roles, token_group_size=n, **(dict(w_bits=8) if w else {}),
         **(dict(weight_rounding='gptq') if g else {}))
        for t, roles in TOKEN_SETS.items() for w in ('', '-w8') for g in ('', '-gptq')
-       for n in (16, 32)},
+       for n in (8, 16, 32)},
     # ... with reconstruction (the demo and long schedules) and the issue's APHQ row.
     **{f'adalog-fpcs-{t}-g{n}{stages}': dict(
         token_roles=roles, token_group_size=n,

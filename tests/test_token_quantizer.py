@@ -133,7 +133,7 @@ def test_token_roles_place_dynamic_quantizers_and_survive_save_and_load(tmp_path
         mmq.load_quantized_state(copy.deepcopy(vit), path)
 
 
-@pytest.mark.parametrize('bad', [['v'], 'qk', ['post_softmax']])
+@pytest.mark.parametrize('bad', [['weight'], 'qk', ['softmax']])
 def test_token_roles_are_checked(bad):
     with pytest.raises(ValueError, match='token_roles'):
         QuantConfig(token_roles=bad)
@@ -181,8 +181,12 @@ def test_grouped_tokens_quantize_each_group_on_its_own_grid():
     assert err(grouped, slice(None)) < 0.6 * err(whole, slice(None))
     assert err(grouped, slice(0, 8)) < 0.01 * err(whole, slice(0, 8))  # the small channels
     assert grouped.integer_scale(x) is None  # no single scale per token to factor out
-    with pytest.raises(ValueError, match='does not divide'):
-        grouped(torch.randn(4, 12))
+    # A width the group does not divide ends with a partial group on its own grid.
+    ragged = torch.randn(4, 13, generator=g)
+    out = token_fake_quant(ragged, clip, 4, -1, 8)
+    assert out.shape == ragged.shape
+    assert torch.equal(out[:, 8:], token_fake_quant(ragged[:, 8:], clip, 4, -1))
+    assert torch.equal(token_fake_quant(ragged.t(), clip, 4, -2, 8), out.t())
     for bad in (1, 0, 2.5, True):
         with pytest.raises(ValueError, match='group_size'):
             TokenQuantizer(4, group_size=bad)
@@ -216,6 +220,43 @@ def test_grouped_token_roles_calibrate_and_a_mislabelled_state_is_refused(tmp_pa
     with torch.no_grad():
         assert torch.equal(fresh(test), models[4](test))
     mmq.save_quantized_state(models[4], path, QuantConfig(**dict(cfg, token_group_size=None)))
+    with pytest.raises(ValueError, match='does not describe it'):
+        mmq.load_quantized_state(copy.deepcopy(vit), path)
+
+
+def test_attention_value_and_softmax_token_roles(tmp_path):
+    """'v' quantizes v per channel column over the tokens, 'post_softmax' the attention matrix
+    per query row (uniform, in place of the log quantizer), both in groups along A @ v's
+    reduction axis, partial groups where the token count is not a multiple; calibrated, they
+    beat the static per-head v and the post-Softmax log quantizer on held-out images, and a
+    state saved as the static layout is refused."""
+    vit, calib, test = _vit_and_images()
+    with torch.no_grad():
+        ref = vit(test)
+    five = TOKENS + ['post_gelu', 'other']
+    errors, models = {}, {}
+    for name, roles in (('static', five), ('tokens', five + ['v', 'post_softmax'])):
+        cfg = dict(FAST_QUANT, a_bits=3, token_roles=roles, token_group_size=6)
+        models[name] = model = copy.deepcopy(vit)
+        mmq.quantize(model, calib, cfg)
+        with torch.no_grad():
+            errors[name] = float((model(test) - ref).pow(2).mean() / ref.pow(2).mean())
+    for block in models['tokens'].blocks:
+        a, v = block.attn.av_matmul.a_quantizer, block.attn.av_matmul.b_quantizer
+        for q, axis in ((a, -1), (v, -2)):
+            assert isinstance(q, TokenQuantizer) and bool(q.calibrated)
+            assert (q.feature_axis, q.group_size) == (axis, 6)
+    assert isinstance(models['static'].blocks[0].attn.av_matmul.b_quantizer, UniformQuantizer)
+    assert errors['tokens'] < 0.8 * errors['static'], errors
+    # v (B, heads, 16 tokens, d): each channel column's tokens in groups of 6, 6, 4.
+    v = models['tokens'].blocks[0].attn.av_matmul.b_quantizer
+    x = torch.randn(1, 2, 16, 16) * torch.logspace(-1, 1, 16).view(1, 1, 16, 1)
+    column = v(x)[..., 3]
+    assert torch.equal(column, token_fake_quant(x[..., 3], v.clip, 3, -1, 6))
+    assert torch.equal(column[..., 12:], token_fake_quant(x[..., 12:, 3], v.clip, 3))
+    path = str(tmp_path / 'q.pth')
+    cfg = dict(FAST_QUANT, a_bits=3, token_roles=five, token_group_size=6)
+    mmq.save_quantized_state(models['tokens'], path, QuantConfig(**cfg))  # mislabelled
     with pytest.raises(ValueError, match='does not describe it'):
         mmq.load_quantized_state(copy.deepcopy(vit), path)
 

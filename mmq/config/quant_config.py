@@ -23,8 +23,8 @@ SCOPES = ('backbone', 'detector')
 # Activation roles whose bit width ``role_bits`` can set apart from ``a_bits``.
 ROLES = ('ln_input', 'qk', 'v', 'post_softmax', 'proj_input', 'post_gelu', 'other')
 # Roles ``token_roles`` can give dynamic per-token scales: the operands whose tokens are the
-# rows (columns of ``k^T``) an integer kernel can scale its accumulator by.
-TOKEN_ROLES = ('ln_input', 'proj_input', 'qk', 'post_gelu', 'other')
+# rows (columns of ``k^T`` and of ``v``) an integer kernel can scale its accumulator by.
+TOKEN_ROLES = ('ln_input', 'proj_input', 'qk', 'post_gelu', 'other', 'v', 'post_softmax')
 
 
 def _quantizer(name: str, **kwargs):
@@ -117,15 +117,18 @@ class QuantConfig:
             'ln_input', 'proj_input' (Linear inputs), 'qk' (q per query row, k per key) and
             'post_gelu' (fc2's input: uniform per token in place of ``gelu``'s static
             quantizer) and 'other' (every other Linear input per token, Conv2d inputs per
-            pixel: the ViTDet pyramid, neck and heads). Beyond the published methods
-            (static scales); ``None``: all static.
+            pixel: the ViTDet pyramid, neck and heads), 'v' (per channel column of each head,
+            over the tokens: the output columns of ``A @ v``) and 'post_softmax' (uniform per
+            query row of ``A``, its output rows, in place of ``softmax``'s static log
+            quantizer). Beyond the published methods (static scales); ``None``: all static.
         token_clip: How FPCS sets those quantizers' clip ratio: 'search' (on the layer
             output, as every other FPCS parameter) or 'full' (clip 1: every token's own
             min / max).
         token_group_size: Features per scale within a token for those quantizers (block
             scaling along the reduction axis, as the OCP MX formats' 32-element blocks; beyond
-            the published methods); ``None``: one scale per token. Must divide every
-            token-quantized width (ViT / Swin widths and head dims: 16 or 32 do).
+            the published methods); ``None``: one scale per token. For 'v' and
+            'post_softmax' the groups run along the tokens / keys (``A @ v``'s reduction
+            axis), whose count varies: a width it does not divide ends with a partial group.
         weight_rounding: How weights are rounded onto their searched grids: 'nearest'
             (published) or 'gptq' (error-compensated codes from the layer's input Hessian,
             :mod:`mmq.calibration.weight_rounding`; backbone Linears and Conv2ds; beyond the
@@ -276,15 +279,15 @@ class QuantConfig:
         return (self.role_bits or {}).get(role, self.a_bits)
 
     def activation(self, ch_axis: Optional[int] = None, role: str = 'other',
-                   feature_axis: Optional[int] = -1, pixel_channels: Optional[int] = None):
+                   feature_axis: int = -1, pixel_channels: Optional[int] = None):
         """The quantizer of an activation of ``role``: static uniform (per tensor, or per
-        ``ch_axis``), or dynamic per token where ``token_roles`` names the role and
-        ``feature_axis`` (the axis a token's features lie on; ``None``: not a token layout,
-        e.g. v) allows it. ``pixel_channels``: a Conv2d input's channels, quantized per pixel
-        when the role is a token role (in groups of ``token_group_size``, else all of them:
-        a pixel's channels are one group of the unfolded patch)."""
+        ``ch_axis``), or dynamic per token where ``token_roles`` names the role
+        (``feature_axis``: the axis a token's features lie on). ``pixel_channels``: a Conv2d
+        input's channels, quantized per pixel when the role is a token role (in groups of
+        ``token_group_size``, else all of them: a pixel's channels are one group of the
+        unfolded patch)."""
         bits = self.bits_for(role)
-        if feature_axis is not None and self.per_token(role):
+        if self.per_token(role):
             return _quantizer('TokenQuantizer', bits=bits, feature_axis=feature_axis,
                               group_size=self.token_group_size or pixel_channels)
         return _quantizer('UniformQuantizer', bits=bits, ch_axis=ch_axis)
@@ -298,6 +301,8 @@ class QuantConfig:
         return _quantizer(QUANTIZER_TYPES[kind], **args)
 
     def post_softmax(self):
+        if self.per_token('post_softmax'):
+            return self.activation(role='post_softmax')
         return self._power_law(self.softmax, 'post_softmax', fixed_scale=1.0)
 
     def per_token(self, role: str) -> bool:

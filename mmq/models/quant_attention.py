@@ -27,11 +27,12 @@ def _adopt(cls, module: nn.Module):
 
 
 def attach_matmuls(module: nn.Module, qcfg: QuantConfig, channels: int) -> None:
-    """Add ``qk_matmul`` (q, k per head), ``av_matmul`` (post-Softmax, v per head) and the
+    """Add ``qk_matmul`` (q, k), ``av_matmul`` (post-Softmax, v) and the
     ``out_offset`` buffer that attention-output reparameterization sets (zero until then)."""
     module.qk_matmul = QuantMatMul(qcfg.activation(ch_axis=1, role='qk'),  # q, k^T
                                    qcfg.activation(ch_axis=1, role='qk', feature_axis=-2))
-    v = qcfg.activation(ch_axis=1, role='v', feature_axis=None)  # tokens are av's inner dim
+    # v per head, or per channel column (its features are the tokens, av's inner dim).
+    v = qcfg.activation(ch_axis=1, role='v', feature_axis=-2)
     module.av_matmul = QuantMatMul(qcfg.post_softmax(), v)
     module.register_buffer('out_offset', torch.zeros(
         channels, device=next(module.parameters()).device))

@@ -1,6 +1,7 @@
 """The dynamic per-token uniform quantizer (beyond the published methods).
 
-Every token (one row of a Linear input, one query row of ``q``, one key column of ``k^T``)
+Every token (one row of a Linear input, one query row of ``q`` or of the post-Softmax
+matrix, one key column of ``k^T``, one channel column of ``v``, whose features are the tokens)
 gets its own asymmetric ``(s, z)`` from its own range at run time, shrunk by a calibrated
 clip ratio ``c``:
 
@@ -17,7 +18,9 @@ With ``group_size`` (beyond the published methods) a token's features are split 
 consecutive groups of that many, each with its own ``(s, z)``: block scaling along the
 reduction axis, as the OCP microscaling (MX) formats do with 32-element blocks. The kernel
 then accumulates each group's integer products apart and scales them before summing, so the
-cost is one scale per group instead of per token.
+cost is one scale per group instead of per token. A width the group size does not divide
+(e.g. a token count, for v and the post-Softmax matrix, whose features are tokens / keys)
+ends with a partial group.
 """
 from typing import Optional, Tuple
 
@@ -32,19 +35,21 @@ from .validation import UNIFORM_BITS, check_finite
 
 def group_tokens(x: Tensor, clip: Tensor, feature_axis: int,
                  group_size: Optional[int]) -> Tuple[Tensor, Tensor]:
-    """``x`` with ``feature_axis`` split into ``(features / group_size, group_size)`` (the
-    group's own features on ``feature_axis``, counted from the end as before) and ``clip``
-    shaped to broadcast against it; both unchanged when ``group_size`` is ``None``."""
+    """``x`` with ``feature_axis`` split into ``(ceil(features / group_size), group_size)``
+    (the group's own features on ``feature_axis``, counted from the end as before) and
+    ``clip`` shaped to broadcast against it; both unchanged when ``group_size`` is ``None``.
+    A last, partial group is padded with copies of its own last feature (its range is its own
+    features' range), as a block-scaled kernel pads the reduction axis to whole blocks."""
     if group_size is None:
         return x, clip
     axis = feature_axis % x.dim()
     features = x.shape[axis]
-    if features % group_size:
-        raise ValueError(f'token_group_size={group_size} does not divide the {features} '
-                         f'features of an activation of shape {tuple(x.shape)}: choose a '
-                         'divisor of every token-quantized width (e.g. 16 or 32).')
-    grouped = x.reshape(*x.shape[:axis], features // group_size, group_size,
-                        *x.shape[axis + 1:])
+    pad = -features % group_size
+    if pad:
+        shape = list(x.shape)
+        shape[axis] = pad
+        x = torch.cat([x, x.narrow(axis, features - 1, 1).expand(shape)], dim=axis)
+    grouped = x.reshape(*x.shape[:axis], -1, group_size, *x.shape[axis + 1:])
     return grouped, (clip.unsqueeze(-1) if clip.dim() else clip)
 
 
@@ -62,7 +67,9 @@ def token_fake_quant(x: Tensor, clip: Tensor, bits: int, feature_axis: int = -1,
     if group_size is None:
         return out
     axis = feature_axis if feature_axis < 0 else feature_axis - x.dim()
-    return out.flatten(axis - 1, axis)  # the groups back into one feature axis
+    out = out.flatten(axis - 1, axis)  # the groups back into one feature axis
+    features = x.shape[feature_axis]
+    return out if out.shape[axis] == features else out.narrow(axis, 0, features)
 
 
 def token_params(x: Tensor, clip: Tensor, bits: int, feature_axis: int = -1):
