@@ -389,10 +389,12 @@ def test_search_sample_size_does_not_grow_with_the_calibration_set():
 def test_detector_scope_with_block_scaled_token_roles(shapes_data, tmp_path):
     """The stock Swin-T Mask R-CNN at detector scope with every token role and 16-feature
     groups: every Linear / Conv input of the neck and heads (and the backbone's) but the
-    pixels becomes a grouped TokenQuantizer (convs per pixel), all calibrated, and the model
+    pixels becomes a grouped TokenQuantizer (convs per pixel), as do both operands of every
+    window's ``A @ v`` (49 tokens: a partial last group), all calibrated, and the model
     evaluates."""
+    from mmq.config.quant_config import TOKEN_ROLES
     work_dir = str(tmp_path / 'work')
-    roles = ['ln_input', 'proj_input', 'qk', 'post_gelu', 'other']
+    roles = list(TOKEN_ROLES)
     cfg = swin_config(shapes_data, work_dir, dict(FAST_QUANT, scope='detector', token_roles=roles,
                                                   token_group_size=16), tmp_path)
     runner = Runner.from_cfg(cfg)
@@ -405,6 +407,10 @@ def test_detector_scope_with_block_scaled_token_roles(shapes_data, tmp_path):
     assert all(isinstance(q, TokenQuantizer) and q.group_size == 16 and bool(q.calibrated)
                for q in inputs)
     assert sum(isinstance(m, QuantConv2d) for m in layers) == 1 + 8 + 3 + 5
+    av = [m.av_matmul for m in model.modules() if hasattr(m, 'av_matmul')]
+    assert len(av) == 12 and all(
+        isinstance(q, TokenQuantizer) and q.group_size == 16 and bool(q.calibrated)
+        for m in av for q in (m.a_quantizer, m.b_quantizer))
 
 
 def test_stock_swin_patch_embedding_and_merging_are_recognised():
