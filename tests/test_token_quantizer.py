@@ -6,6 +6,7 @@ import torch
 
 import mmq
 from mmq.config import QuantConfig
+from mmq.config.quant_config import TOKEN_ROLES
 from mmq.models.quant_conv import QuantConv2d
 from mmq.models.quant_linear import QuantLinear
 from mmq.quantizers import (FPCSCalibrator, MinMaxCalibrator, PercentileCalibrator,
@@ -140,13 +141,15 @@ def test_token_roles_are_checked(bad):
 
 
 def test_token_quantizers_pass_gradients_in_block_reconstruction():
-    """Reconstruction trains through the dynamic quantizers (their clip ratios stay
-    calibrated): every block's weighted loss falls, and the token_clip='full' option
+    """Reconstruction trains through the dynamic quantizers of every role, in groups with a
+    partial last one (their clip ratios stay calibrated): every block's weighted loss falls,
+    and the token_clip='full' option
     reaches the calibrator (clip 1 everywhere)."""
     vit, calib, _ = _vit_and_images()
     model = copy.deepcopy(vit)
     report = mmq.quantize(model, calib, dict(
-        FAST_QUANT, token_roles=TOKENS, token_clip='full', stages=['calibrate', 'reconstruct'],
+        FAST_QUANT, token_roles=list(TOKEN_ROLES), token_group_size=6, token_clip='full',
+        stages=['calibrate', 'reconstruct'],
         reconstruct=dict(iters=20, batch=2, aph_images=2)))
     tokens = [m for m in model.modules() if isinstance(m, TokenQuantizer)]
     assert tokens and all(float(q.clip) == 1.0 for q in tokens)
