@@ -143,8 +143,7 @@ def test_token_roles_are_checked(bad):
 def test_token_quantizers_pass_gradients_in_block_reconstruction():
     """Reconstruction trains through the dynamic quantizers of every role, in groups with a
     partial last one (their clip ratios stay calibrated): every block's weighted loss falls,
-    and the token_clip='full' option
-    reaches the calibrator (clip 1 everywhere)."""
+    and the token_clip='full' option reaches the calibrator (clip 1 everywhere)."""
     vit, calib, _ = _vit_and_images()
     model = copy.deepcopy(vit)
     report = mmq.quantize(model, calib, dict(
