@@ -14,14 +14,13 @@ state's own quantizer (``own``), INT4 per channel column over the tokens, and in
 and a log quantizer (base 2 / sqrt 2, 16 levels below the row's or block's max).
 A minute here; the seconds-long screen behind the `-tokens7-gN` accuracy rows.
 """
-import argparse
 import math
 from typing import Callable, Dict, List
 
 import torch
 from torch import Tensor
 
-from dinov2_demo import calibrated_detector, training_images
+from dinov2_demo import state_backbone_args, training_images
 from mmq.quantizers import token_fake_quant
 from mmq.quantizers.objectives import sqnr_db
 
@@ -84,13 +83,7 @@ SOFTMAX = dict(row=lambda a: int4(a), row_g16=lambda a: int4(a, -1, 16),
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument('--state', default=STATE)
-    parser.add_argument('--images', type=int, default=2)
-    parser.add_argument('--threads', type=int, default=1)
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    backbone = calibrated_detector(args.state).backbone
+    backbone, args = state_backbone_args(__doc__, STATE, images=2, threads=1)
     captured: Dict[str, List[tuple]] = {}
 
     def capture(name):

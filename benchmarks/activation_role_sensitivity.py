@@ -12,13 +12,12 @@ role float, and its gain over the fully quantized model; then each role's own qu
 SQNR (every quantizer's output against what it would pass in float mode, on the same images
 in the fully quantized model: mean / min / max over the role's quantizers).
 """
-import argparse
 from typing import Dict, List
 
 import torch
 from torch import nn
 
-from dinov2_demo import calibrated_detector, training_images
+from dinov2_demo import state_backbone_args, training_images
 from mmq.models.transform import quantizers
 from mmq.quantizers.objectives import sqnr_db
 
@@ -47,14 +46,7 @@ def roles(backbone: nn.Module) -> Dict[str, List[nn.Module]]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument('--state', default=STATE)
-    parser.add_argument('--images', type=int, default=8)
-    parser.add_argument('--threads', type=int, default=2)
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    model = calibrated_detector(args.state)
-    backbone = model.backbone
+    backbone, args = state_backbone_args(__doc__, STATE, images=8, threads=2)
     groups = roles(backbone)
     images = training_images(args.images, split='val')
     every = list(quantizers(backbone))

@@ -81,6 +81,20 @@ def training_images(num: int, size=(256, 320), split: str = 'train') -> List[tor
     return images
 
 
+def state_backbone_args(doc: str, state: str, images: int, threads: int
+                        ) -> Tuple[nn.Module, argparse.Namespace]:
+    """The command line of a probe on a calibrated state's backbone (``--state``,
+    ``--images``, ``--threads``, defaults as given): the backbone (threads set) and the
+    parsed arguments."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument('--state', default=state)
+    parser.add_argument('--images', type=int, default=images)
+    parser.add_argument('--threads', type=int, default=threads)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    return calibrated_detector(args.state).backbone, args
+
+
 def run_state_probe(doc: str, mode: str, change: Callable[[nn.Module, List[torch.Tensor]], None],
                     prefix: str) -> None:
     """The command line of a probe on a row's saved stage: ``--row``, ``--state``,
