@@ -65,8 +65,9 @@ class QuantConfig:
         w_bits: Weight bit width (per output channel, uniform).
         a_bits: Activation bit width.
         softmax: Quantizer of the post-Softmax attention: 'adalog' | 'log2' | 'logsqrt2' |
-            'uniform'.
-        gelu: Quantizer of the post-GELU activation (the fc2 input), same choices.
+            'uniform' (unless ``token_roles`` names 'post_softmax').
+        gelu: Quantizer of the post-GELU activation (the fc2 input), same choices (unless
+            ``token_roles`` names 'post_gelu').
         calibrator: 'fpcs' (published), 'minmax' or 'percentile' (baselines).
         scope: 'backbone' (default) or 'detector' (also neck and heads; ConvTranspose2d stays
             float).
