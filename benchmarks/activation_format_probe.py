@@ -22,6 +22,7 @@ from torch import Tensor
 
 from dinov2_demo import state_backbone_args, training_images
 from mmq.quantizers import token_fake_quant
+from mmq.quantizers.token_quantizer import group_tokens
 from mmq.quantizers.objectives import sqnr_db
 
 STATE = 'benchmarks/results/accuracy/dinov2/w4a4_adalog-fpcs-w8-tokens5-g16/stage_calibrate.pth'
@@ -59,11 +60,9 @@ def rotated(x: Tensor, n: int, quant: Callable[[Tensor], Tensor]) -> Tensor:
 
 def log_quant(x: Tensor, base: float, group=None) -> Tensor:
     """16 powers of ``base`` below each row's (block's of ``group``) max, below them 0."""
-    if group is not None:
-        pad = -x.shape[-1] % group
-        padded = torch.nn.functional.pad(x, (0, pad))
-        blocks = padded.reshape(*x.shape[:-1], -1, group)
-        return log_quant(blocks, base).reshape(padded.shape)[..., :x.shape[-1]]
+    if group is not None:  # the token quantizer's blocks, a partial last one padded alike
+        blocks, _ = group_tokens(x, ONE, -1, group)
+        return log_quant(blocks, base).flatten(-2)[..., :x.shape[-1]]
     top = x.amax(-1, keepdim=True).clamp_min(1e-12)
     exp = torch.round(-torch.log(x.clamp_min(1e-30) / top) / math.log(base))
     return torch.where(exp > 15, torch.zeros_like(x), top * base**(-exp))
