@@ -147,6 +147,14 @@ METHODS = {
         **(dict(mr=MR_LSTSQ) if 'mr' in stages else {}))
        for t, roles in TOKEN_SETS.items() for n in (16, 32)
        for stages in ('+rec', '+rec-long', '+mr+rec-long')},
+    # ... with the attention-output reparameterization ('-projrep': proj's input channels
+    # equalised before its token groups) and / or the MLP's hidden channels sorted by RMS
+    # ('-sort': mlp_channel_sort).
+    **{f'adalog-fpcs{w}-tokens7-g{n}{p}{o}': dict(
+        token_roles=TOKEN_SETS['tokens7'], token_group_size=n, proj_reparam=bool(p),
+        mlp_channel_sort=bool(o), **(dict(w_bits=8) if w else {}))
+       for w in ('', '-w8') for n in (8, 16) for p in ('', '-projrep') for o in ('', '-sort')
+       if p or o},
     **{f'adalog-fpcs-{role}8': dict(role_bits={role: 8})
        for role in ('ln_input', 'qk', 'v', 'post_softmax', 'proj_input', 'post_gelu', 'other')},
 }

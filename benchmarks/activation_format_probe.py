@@ -8,10 +8,12 @@ clip 1 (no calibration), SQNR against the captured tensor.
 Linear inputs (rows = tokens): INT4 per token, in blocks of 16 / 8 features, FP4 (E2M1
 elements, one absmax scale per block of 16, as NVFP4), and a block-Hadamard rotation of 16 /
 64 / 128 features before INT4 blocks of 16 (the rotation is orthogonal: the error is the same
-in both bases; QuaRot-style, folded into the weight). ``v`` (B * heads, tokens, d): the
-state's own quantizer (``own``), INT4 per channel column over the tokens, and in blocks of 16 /
-32 tokens. ``A`` (post-Softmax): its own quantizer, INT4 per query row, in blocks of 16 keys,
-and a log quantizer (base 2 / sqrt 2, 16 levels below the row's or block's max).
+in both bases; QuaRot-style, folded into the weight); fc2's input also in blocks of 8 after its
+features are sorted by RMS (``quant_cfg.mlp_channel_sort``; the RMS taken on the same rows).
+``v`` (B * heads, tokens, d): the state's own quantizer (``own``), INT4 per channel column over
+the tokens, and in blocks of 16 / 32 tokens. ``A`` (post-Softmax): its own quantizer, INT4
+per query row, in blocks of 16 keys, and a log quantizer (base 2 / sqrt 2, 16 levels below the
+row's or block's max).
 A minute here; the seconds-long screen behind the `-tokens7-gN` accuracy rows.
 """
 import math
@@ -68,6 +70,16 @@ def log_quant(x: Tensor, base: float, group=None) -> Tensor:
     return torch.where(exp > 15, torch.zeros_like(x), top * base**(-exp))
 
 
+def sorted_by_rms(quant: Callable[[Tensor], Tensor]) -> Callable[[Tensor], Tensor]:
+    """``quant`` on the features sorted by their RMS over the rows (``mlp_channel_sort``)."""
+    def run(x: Tensor) -> Tensor:
+        perm = torch.argsort(x.pow(2).mean(0), stable=True)
+        out = torch.empty_like(x)
+        out[:, perm] = quant(x[:, perm])
+        return out
+    return run
+
+
 LINEAR = dict(
     tok=lambda x: int4(x), g16=lambda x: int4(x, -1, 16), g8=lambda x: int4(x, -1, 8),
     fp4_g16=lambda x: fp4(x, 16),
@@ -108,7 +120,8 @@ def main() -> None:
             formats = dict(own=lambda _: own, **(VALUE if kind == 'v' else SOFTMAX))
         else:
             x = torch.cat([t.reshape(-1, t.shape[-1]) for t, _ in pairs])
-            formats = LINEAR
+            formats = dict(LINEAR, **(dict(g8_sorted=sorted_by_rms(lambda y: int4(y, -1, 8)))
+                                      if kind == 'fc2' else {}))
         cells = [f'{k} {sqnr_db(x, f(x)):.2f}' for k, f in formats.items()]
         print(f'  {name:7s} ' + ' | '.join(cells), flush=True)
 

@@ -151,3 +151,42 @@ def test_proj_reparam_keeps_the_float_function_and_lowers_the_error_of_spread_ch
         with torch.no_grad():
             torch.testing.assert_close(model(test), ref, rtol=1e-4, atol=1e-4)
     assert len(sqnr[True]) == 2 and all(a > b + 10 for a, b in zip(sqnr[True], sqnr[False])), sqnr
+
+
+def test_mlp_channel_sort_is_exact_and_lowers_the_grouped_fc2_input_error(setup):
+    """Sorting the MLP's hidden channels by RMS is a permutation of fc1's rows and fc2's
+    columns (the float function unchanged) and, with hidden channels of spread magnitudes
+    scattered over fc2's token groups of 8, raises fc2's quantized output SQNR by far
+    (measured 9.0 / 9.6 -> 18.9 / 18.9 dB over the two blocks)."""
+    vit, calib, test, _ = setup
+    spread = copy.deepcopy(vit)
+    with torch.no_grad():
+        for block in spread.blocks:
+            hidden = block.mlp.fc1.out_features
+            perm = torch.randperm(hidden, generator=torch.Generator().manual_seed(1))
+            f = torch.logspace(-1, 1, hidden)[perm]
+            block.mlp.fc1.weight *= f.unsqueeze(1)
+            block.mlp.fc1.bias *= f
+            block.mlp.fc2.weight /= f
+        ref = spread(test)
+    cfg = dict(FAST_QUANT, w_bits=8, token_roles=['post_gelu'], token_group_size=8)
+    sqnr = {}
+    for on in (False, True):
+        model = copy.deepcopy(spread)
+        report = mmq.quantize(model, calib, dict(cfg, mlp_channel_sort=on))
+        sqnr[on] = [layer['sqnr_db'] for unit in report['units'] for layer in unit['layers']
+                    if layer['name'].endswith('mlp.fc2')]
+        # fc2's columns permuted (fc1's rows alike: the float check below), else unchanged
+        fc2, orig = model.blocks[0].mlp.fc2.weight.t(), spread.blocks[0].mlp.fc2.weight.t()
+        match = (fc2.unsqueeze(1) == orig.unsqueeze(0)).all(-1).float().argmax(1)
+        assert torch.equal(match.sort().values, torch.arange(len(match)))
+        assert torch.equal(fc2, orig[match])
+        assert torch.equal(match, torch.arange(len(match))) != on
+        mmq.models.set_quant_enabled(model, False)
+        with torch.no_grad():
+            torch.testing.assert_close(model(test), ref, rtol=1e-4, atol=1e-4)
+    assert len(sqnr[True]) == 2 and all(a > b + 5 for a, b in zip(sqnr[True], sqnr[False])), sqnr
+    with pytest.raises(ValueError, match="'post_gelu' in quant_cfg.token_roles"):
+        mmq.QuantConfig(token_roles=['ln_input'], token_group_size=8, mlp_channel_sort=True)
+    with pytest.raises(ValueError, match='token_group_size'):
+        mmq.QuantConfig(token_roles=['post_gelu'], mlp_channel_sort=True)

@@ -10,9 +10,10 @@ import torch
 from torch import nn
 
 from mmq.config.quant_config import QuantConfig
-from mmq.models.adapters import attention_output_parts, layernorm_pairs
+from mmq.models.adapters import attention_output_parts, find_mlps, layernorm_pairs
 from mmq.models.attention_output_reparam import reparameterize_attention_output
 from mmq.models.layernorm_reparam import reparameterize
+from mmq.models.mlp_channel_sort import sort_mlp_channels
 from mmq.models.quant_linear import QuantLinear, sample_rows
 from mmq.models.quant_matmul import QuantMatMul
 from mmq.models.transform import QUANT_LAYERS, quantizers, set_quant_enabled
@@ -71,10 +72,11 @@ class _AllInputsSeen(Exception):
 
 def _input_channel_ranges(unit: Unit, store: ActivationStore, layers: List[nn.Linear],
                           rows_per_item: int = 0,
-                          generator: Optional[torch.Generator] = None
-                          ) -> Dict[int, List[torch.Tensor]]:
+                          generator: Optional[torch.Generator] = None,
+                          mean_square: bool = False) -> Dict[int, List[torch.Tensor]]:
     """``id(layer) -> [min, max]`` per input channel of each layer over one pass of
-    ``store``; with ``rows_per_item``, ``id(layer) -> [rows]`` (seeded samples) instead.
+    ``store``; with ``rows_per_item``, ``id(layer) -> [rows]`` (seeded samples) instead; with
+    ``mean_square``, ``id(layer) -> [sum of squares (float64), rows]`` per channel.
 
     Only the layers' inputs are needed, so each item's forward stops once every layer has
     seen it (e.g. at fc1 of a block: the MLP, most of a block's cost, is not run)."""
@@ -85,6 +87,9 @@ def _input_channel_ranges(unit: Unit, store: ActivationStore, layers: List[nn.Li
         x = args[0].detach().reshape(-1, layer.in_features)
         if rows_per_item:
             found.setdefault(id(layer), []).append(sample_rows(x, rows_per_item, generator))
+        elif mean_square:
+            total, rows = found.get(id(layer), (0.0, 0))
+            found[id(layer)] = [total + x.double().pow(2).sum(0), rows + x.shape[0]]
         elif id(layer) in found:
             lo, hi = found[id(layer)]
             found[id(layer)] = [torch.minimum(lo, x.amin(0)), torch.maximum(hi, x.amax(0))]
@@ -135,6 +140,20 @@ def _attention_output_reparam(unit: Unit, store: ActivationStore, qcfg: QuantCon
     bits = qcfg.bits_for('proj_input')
     for attn, qkv, proj in parts:
         reparameterize_attention_output(attn, qkv, proj, *stats[id(proj)], bits)
+    return 1
+
+
+def _mlp_channel_sort(unit: Unit, store: ActivationStore) -> int:
+    """Each MLP's hidden channels sorted by their RMS (float pass) where fc2's input is
+    quantized in token groups (:func:`sort_mlp_channels`)."""
+    mlps = [m for m in find_mlps(unit.module)
+            if getattr(getattr(m.fc2, 'input_quantizer', None), 'group_size', None)]
+    if not mlps:
+        return 0
+    stats = _input_channel_ranges(unit, store, [m.fc2 for m in mlps], mean_square=True)
+    for mlp in mlps:
+        total, rows = stats[id(mlp.fc2)]
+        sort_mlp_channels(mlp.fc1, mlp.fc2, (total / rows).sqrt())
     return 1
 
 
@@ -246,6 +265,8 @@ def calibrate_unit(unit: Unit, store: ActivationStore, qcfg: QuantConfig,
             qcfg.seed, 'ln_search', index))
     if qcfg.proj_reparam:
         passes += _attention_output_reparam(unit, store, qcfg)
+    if qcfg.mlp_channel_sort:
+        passes += _mlp_channel_sort(unit, store)
     # With no quantizer of the unit active yet, the capture pass is a float pass: keep the
     # float outputs of the first items for the output SQNR instead of running them again.
     float_capture = not any(q.is_active for q in quantizers(unit.module))

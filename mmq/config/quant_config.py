@@ -79,6 +79,11 @@ class QuantConfig:
         proj_reparam: Attention-output reparameterization: per-channel ranges for the input
             of the attention's output projection, folded into v and proj
             (:mod:`mmq.models.attention_output_reparam`; beyond the published methods).
+        mlp_channel_sort: Sort each MLP's hidden channels (fc1's outputs, fc2's inputs) by
+            their RMS on the calibration set, so fc2's input token groups hold channels of
+            like magnitude (an exact permutation; needs 'post_gelu' in ``token_roles`` and a
+            ``token_group_size``; :mod:`mmq.models.mlp_channel_sort`; beyond the published
+            methods).
         rounds: Rounds of [weights, activations] output-MSE search after the self-MSE
             initialisation (published: 3).
         search_rows: Rows (tokens, patches) per layer that candidates are scored on.
@@ -151,6 +156,7 @@ class QuantConfig:
     ln_reparam: bool = True
     ln_reparam_ranges: str = 'minmax'
     proj_reparam: bool = False
+    mlp_channel_sort: bool = False
     rounds: int = 1
     search_rows: int = 256
     search_windows: int = 32
@@ -207,6 +213,11 @@ class QuantConfig:
         if self.token_group_size is not None and not self.token_roles:
             raise ValueError('quant_cfg.token_group_size needs quant_cfg.token_roles (the '
                              'per-token quantized roles it splits into groups).')
+        if self.mlp_channel_sort is True and (self.token_group_size is None
+                                              or 'post_gelu' not in self.token_roles):
+            raise ValueError("quant_cfg.mlp_channel_sort orders fc2's input channels for its "
+                             "token groups: it needs 'post_gelu' in quant_cfg.token_roles and "
+                             'a quant_cfg.token_group_size.')
         for name, allowed in (('softmax', POWER_LAW_QUANTIZERS), ('gelu', POWER_LAW_QUANTIZERS),
                               ('calibrator', CALIBRATORS), ('scope', SCOPES),
                               ('dequant', ('table', 'exact')),
@@ -235,7 +246,7 @@ class QuantConfig:
                     or value < (0 if name in ('rounds', 'seed') else 1)):
                 kind = 'a non-negative' if name in ('rounds', 'seed') else 'a positive'
                 raise ValueError(f'quant_cfg.{name}={value!r} must be {kind} integer.')
-        for name in ('ln_reparam', 'proj_reparam', 'fold_gelu_shift'):
+        for name in ('ln_reparam', 'proj_reparam', 'mlp_channel_sort', 'fold_gelu_shift'):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f'quant_cfg.{name}={getattr(self, name)!r} must be True or '
                                  'False.')
