@@ -125,28 +125,43 @@ def test_more_rounds_do_not_hurt(setup):
     assert three <= one * 1.1
 
 
+def _spread_channels(vit, span: float, parts):
+    """A copy of ``vit`` whose channels between two Linears of each block (``parts(block)``:
+    the first, the first of its output rows involved, the second) are scaled by
+    ``10^-span .. 10^span`` in a seeded random order, undone in the second's columns."""
+    spread = copy.deepcopy(vit)
+    with torch.no_grad():
+        for block in spread.blocks:
+            first, start, second = parts(block)
+            n = second.in_features
+            f = torch.logspace(-span, span, n)[torch.randperm(
+                n, generator=torch.Generator().manual_seed(1))]
+            first.weight[start:start + n] *= f.unsqueeze(1)
+            first.bias[start:start + n] *= f
+            second.weight /= f
+    return spread
+
+
+def _layer_sqnrs(report: dict, suffix: str) -> list:
+    """The calibration report's SQNR of every layer whose name ends with ``suffix``."""
+    return [layer['sqnr_db'] for unit in report['units'] for layer in unit['layers']
+            if layer['name'].endswith(suffix)]
+
+
 def test_proj_reparam_keeps_the_float_function_and_lowers_the_error_of_spread_channels(setup):
     """Attention-output reparameterization is exact in float (v rows, out_offset and proj
     fold together), and when proj's input channels differ widely in range (v rows scaled
     1/20..20 here, undone in proj) it lowers proj's quantized output error by far (measured
     6 dB -> 28 dB SQNR; the tiny random ViT's final output barely depends on proj)."""
     vit, calib, test, ref = setup
-    spread = copy.deepcopy(vit)
-    with torch.no_grad():
-        for block in spread.blocks:
-            c = block.attn.proj.in_features
-            perm = torch.randperm(c, generator=torch.Generator().manual_seed(1))
-            f = torch.logspace(-1.3, 1.3, c)[perm]
-            block.attn.qkv.weight[2 * c:] *= f.unsqueeze(1)
-            block.attn.qkv.bias[2 * c:] *= f
-            block.attn.proj.weight /= f
+    spread = _spread_channels(vit, 1.3, lambda b: (b.attn.qkv, 2 * b.attn.proj.in_features,
+                                                   b.attn.proj))
     sqnr = {}
     for on in (False, True):
         model = copy.deepcopy(spread)
         report = mmq.quantize(model, calib, dict(FAST_QUANT, w_bits=8, proj_reparam=on))
         assert bool(model.blocks[0].attn.out_offset.abs().sum() > 0) == on
-        sqnr[on] = [layer['sqnr_db'] for unit in report['units'] for layer in unit['layers']
-                    if layer['name'].endswith('attn.proj')]
+        sqnr[on] = _layer_sqnrs(report, 'attn.proj')
         mmq.models.set_quant_enabled(model, False)
         with torch.no_grad():
             torch.testing.assert_close(model(test), ref, rtol=1e-4, atol=1e-4)
@@ -159,23 +174,15 @@ def test_mlp_channel_sort_is_exact_and_lowers_the_grouped_fc2_input_error(setup)
     scattered over fc2's token groups of 8, raises fc2's quantized output SQNR by far
     (measured 9.0 / 9.6 -> 18.9 / 18.9 dB over the two blocks)."""
     vit, calib, test, _ = setup
-    spread = copy.deepcopy(vit)
+    spread = _spread_channels(vit, 1, lambda b: (b.mlp.fc1, 0, b.mlp.fc2))
     with torch.no_grad():
-        for block in spread.blocks:
-            hidden = block.mlp.fc1.out_features
-            perm = torch.randperm(hidden, generator=torch.Generator().manual_seed(1))
-            f = torch.logspace(-1, 1, hidden)[perm]
-            block.mlp.fc1.weight *= f.unsqueeze(1)
-            block.mlp.fc1.bias *= f
-            block.mlp.fc2.weight /= f
         ref = spread(test)
     cfg = dict(FAST_QUANT, w_bits=8, token_roles=['post_gelu'], token_group_size=8)
     sqnr = {}
     for on in (False, True):
         model = copy.deepcopy(spread)
         report = mmq.quantize(model, calib, dict(cfg, mlp_channel_sort=on))
-        sqnr[on] = [layer['sqnr_db'] for unit in report['units'] for layer in unit['layers']
-                    if layer['name'].endswith('mlp.fc2')]
+        sqnr[on] = _layer_sqnrs(report, 'mlp.fc2')
         # fc2's columns permuted (fc1's rows alike: the float check below), else unchanged
         fc2, orig = model.blocks[0].mlp.fc2.weight.t(), spread.blocks[0].mlp.fc2.weight.t()
         match = (fc2.unsqueeze(1) == orig.unsqueeze(0)).all(-1).float().argmax(1)
