@@ -316,3 +316,30 @@ def test_conv_inputs_per_pixel(kernel, group):
         assert torch.allclose(out + conv.bias.view(1, -1, 1, 1), ref, atol=1e-4)
         errors = {k: float((m(x) - ref).pow(2).mean()) for k, m in layers.items()}
     assert errors['pixel'] < 0.5 * errors['static'], errors
+
+
+def test_compiled_token_fake_quant_and_clip_search_equal_eager_at_every_width(monkeypatch):
+    """The clip search's candidates and large no-autograd passes run through one compiled
+    kernel; it gives exactly the autograd (straight-through) path's values and the same
+    chosen clips as eager, at 3, 4 and 8 bits in one process (a compiled 4-bit call after a
+    3-bit one once reused the 3-bit grid), whole tokens and partial groups alike."""
+    from mmq.quantizers import fused_scores as fs
+    if not fs.compile_enabled():
+        pytest.skip('compiled kernels disabled (MMQ_COMPILE=0)')
+    x = _outlier_tokens(rows=1200, dim=60)
+    clips = torch.linspace(0.3, 1.0, 15).view(15, 1, 1)
+    calls = []
+    run = fs._run
+    monkeypatch.setattr(fs, '_run', lambda eager, *a: calls.append(eager) or run(eager, *a))
+    for bits in (3, 4, 8):
+        for group in (None, 16):
+            with torch.no_grad():
+                fused = token_fake_quant(x.unsqueeze(0), clips, bits, -1, group)
+            straight = token_fake_quant(x.unsqueeze(0).requires_grad_(True), clips, bits, -1,
+                                        group)
+            assert torch.equal(fused, straight.detach())
+            searched = fpcs_token(x, bits, group_size=group).params
+            monkeypatch.setenv('MMQ_COMPILE', '0')
+            assert torch.equal(fpcs_token(x, bits, group_size=group).params, searched)
+            monkeypatch.delenv('MMQ_COMPILE')
+    assert fs.token_fake_quant_eager in calls  # the compiled path really ran

@@ -112,6 +112,27 @@ def uniform_fake_quant(x: Tensor, scale: Tensor, zero_point: Tensor, qmax: float
     return _run(uniform_fake_quant_eager, x, scale, zero_point, qmax)
 
 
+def token_fake_quant_eager(x: Tensor, clip: Tensor, qmax: Tensor) -> Tensor:
+    """The no-autograd dynamic per-token fake-quant of ``K`` clip ratios (the formula of
+    :func:`mmq.quantizers.token_fake_quant`): ``x`` canonical ``(1, pre, F, post)`` with each
+    token's (group's) features on ``F``, ``clip`` ``(K, 1, 1, 1)``; returns
+    ``(K, pre, F, post)``. ``qmax`` is a 0-dim tensor: compiled, a Python float there was
+    baked into the graph (a 4-bit call after a 3-bit one reused 3-bit codes; tested)."""
+    lo = torch.clamp(x.amin(2, keepdim=True) * clip, max=0)
+    hi = torch.clamp(x.amax(2, keepdim=True) * clip, min=0)
+    scale = ((hi - lo) / qmax).clamp_min(1e-8)
+    zero_point = torch.round(-lo / scale).clamp(0, qmax)
+    return uniform_fake_quant_eager(x, scale, zero_point, qmax)
+
+
+def token_fake_quant(x: Tensor, clip: Tensor, qmax: Tensor) -> Tensor:
+    """:func:`token_fake_quant_eager`, compiled when possible (from
+    ``FORWARD_MIN_ELEMENTS`` outputs on)."""
+    if x.numel() * clip.shape[0] < FORWARD_MIN_ELEMENTS:
+        return token_fake_quant_eager(x, clip, qmax)
+    return _run(token_fake_quant_eager, x, clip, qmax)
+
+
 def uniform_codes_eager(x: Tensor, scale: Tensor, zero_point: Tensor, qmax: float) -> Tensor:
     """The signed integer codes ``clamp(round(x / s), -z, qmax - z)`` of ``K`` candidates
     (what :func:`uniform_fake_quant_eager` multiplies by the scale), as int8: canonical

@@ -22,6 +22,7 @@ cost is one scale per group instead of per token. A width the group size does no
 (e.g. a token count, for v and the post-Softmax matrix, whose features are tokens / keys)
 ends with a partial group.
 """
+import math
 from typing import Optional, Tuple
 
 import torch
@@ -29,6 +30,7 @@ from torch import Tensor
 
 from mmq.registry import QUANTIZERS
 from .base_quantizer import BaseQuantizer
+from .fused_scores import token_fake_quant as fused_token_fake_quant
 from .uniform import range_to_params, round_ste
 from .validation import UNIFORM_BITS, check_finite
 
@@ -61,15 +63,34 @@ def token_fake_quant(x: Tensor, clip: Tensor, bits: int, feature_axis: int = -1,
     ``K`` candidates). The rounding has a straight-through gradient; the range is
     differentiable."""
     grouped, clip = group_tokens(x, clip, feature_axis, group_size)
-    scale, zero_point = token_params(grouped, clip, bits, feature_axis)
-    codes = torch.clamp(round_ste(grouped / scale) + zero_point, 0, 2**bits - 1)
-    out = (codes - zero_point) * scale
+    out = _fake_quant_no_grad(grouped, clip, bits, feature_axis)
+    if out is None:
+        scale, zero_point = token_params(grouped, clip, bits, feature_axis)
+        codes = torch.clamp(round_ste(grouped / scale) + zero_point, 0, 2**bits - 1)
+        out = (codes - zero_point) * scale
     if group_size is None:
         return out
     axis = feature_axis if feature_axis < 0 else feature_axis - x.dim()
     out = out.flatten(axis - 1, axis)  # the groups back into one feature axis
     features = x.shape[feature_axis]
     return out if out.shape[axis] == features else out.narrow(axis, 0, features)
+
+
+def _fake_quant_no_grad(x: Tensor, clip: Tensor, bits: int,
+                        feature_axis: int) -> Optional[Tensor]:
+    """The same fake-quant without autograd through one canonical kernel (compiled for large
+    tensors: the clip search's candidates, calibration and evaluation passes), or ``None``
+    when a gradient is wanted or ``clip`` is not one ratio (per candidate)."""
+    if torch.is_grad_enabled() and (x.requires_grad or clip.requires_grad):
+        return None
+    k = clip.shape[0] if clip.dim() else 1
+    if clip.numel() != k or (k > 1 and x.shape[0] != 1):
+        return None
+    axis = feature_axis % x.dim()
+    canonical = x.reshape(1, math.prod(x.shape[:axis]), x.shape[axis], -1)
+    out = fused_token_fake_quant(canonical, clip.reshape(k, 1, 1, 1).to(x.dtype),
+                                 torch.tensor(2**bits - 1, dtype=x.dtype, device=x.device))
+    return out.reshape(k, *x.shape[1:]) if k > 1 else out.reshape(x.shape)
 
 
 def token_params(x: Tensor, clip: Tensor, bits: int, feature_axis: int = -1):
