@@ -4,10 +4,14 @@ The fast paths: compiled (torch.compile) candidate fake-quant and error kernels,
 matrix output MSEs for Linear inputs / q of q @ k^T / Linear weights where they cost fewer
 FLOPs, and Linear weight candidates scored from exact int8 products on a CPU. The reference
 run turns them all off (``MMQ_COMPILE=0 MMQ_GRAM=0 MMQ_INT=0``); ``--reference no-int``
-turns off only the int8 products, to measure them alone.
+turns off only the int8 products, to measure them alone; ``--reference no-token`` only the
+dynamic token quantizer's compiled no-autograd kernel (its clip search and passes then take
+the straight-through formula, as before that kernel), for ``--config w8-tokens7-g8`` (W8A4,
+every token role in blocks of 8: the ``-w8-tokens7-g8`` accuracy rows).
 
     python benchmarks/fused_scoring_speed.py [--blocks 2] [--images 8] [--threads 1]
                                              [--device cuda] [--reference no-int]
+                                             [--config w8-tokens7-g8 --reference no-token]
 
 A DINOv2 ViT-S/14-shaped ``mmq.TimmViTDet`` (the converted DINOv2 weights when
 ``checkpoints/dinov2/vit_small_patch14_dinov2.pth`` exists, else the fine-tuned ViT of the
@@ -28,7 +32,11 @@ import torch
 
 import mmq
 from mmq.models.backbones.vit_det import TimmViTDet
+from mmq.quantizers import token_quantizer
 
+CONFIGS = {'w4a4': dict(w_bits=4, a_bits=4),
+           'w8-tokens7-g8': dict(w_bits=8, a_bits=4, token_group_size=8, token_roles=[
+               'ln_input', 'proj_input', 'qk', 'post_gelu', 'other', 'v', 'post_softmax'])}
 WEIGHTS = 'checkpoints/dinov2/vit_small_patch14_dinov2.pth'
 DETECTOR = 'checkpoints/demo/mask-rcnn_dinov2-vits14_shapes.pth'
 
@@ -44,8 +52,10 @@ def main() -> None:
     parser.add_argument('--images', type=int, default=8)
     parser.add_argument('--threads', type=int, default=1)
     parser.add_argument('--device', default='cpu')
-    parser.add_argument('--reference', default='eager', choices=['eager', 'no-int'],
-                        help='eager: every fast path off; no-int: only the int8 products off')
+    parser.add_argument('--reference', default='eager', choices=['eager', 'no-int', 'no-token'],
+                        help='eager: every fast path off; no-int: only the int8 products off; '
+                        "no-token: only the token quantizer's compiled kernel off")
+    parser.add_argument('--config', default='w4a4', choices=list(CONFIGS))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -66,13 +76,18 @@ def main() -> None:
     images = [torch.randn(1, 3, 256, 320, generator=g).to(args.device)
               for _ in range(args.images)]
     backbone.to(args.device)
-    cfg = dict(w_bits=4, a_bits=4)
+    cfg = CONFIGS[args.config]
     results = {}
-    flags = ['MMQ_INT'] if args.reference == 'no-int' else ['MMQ_COMPILE', 'MMQ_GRAM', 'MMQ_INT']
+    flags = dict(eager=['MMQ_COMPILE', 'MMQ_GRAM', 'MMQ_INT'], no_int=['MMQ_INT'],
+                 no_token=[])[args.reference.replace('-', '_')]
+    token_kernel = token_quantizer._fake_quant_no_grad
     warmup = 0.0
     for mode in ('0', '1'):
         for flag in flags:
             os.environ[flag] = mode
+        if args.reference == 'no-token':  # None: take the straight-through formula
+            token_quantizer._fake_quant_no_grad = (
+                token_kernel if mode == '1' else lambda *a: None)
         if os.environ.get('MMQ_COMPILE', '1') != '0':
             # Compile once (cached for the rest of the process), timed apart: the same
             # config on one image meets the same kernel variants as the timed run.
@@ -91,7 +106,8 @@ def main() -> None:
     (t_eager, sq_eager), (t_fused, sq_fused) = results['0'], results['1']
     print(f'{args.reference} {t_eager:.1f} s, fast {t_fused:.1f} s, '
           f'speed-up {t_eager / t_fused:.2f}x '
-          f'({args.blocks} blocks, {args.images} images, {args.threads} thread(s), '
+          f'({args.config}, {args.blocks} blocks, {args.images} images, '
+          f'{args.threads} thread(s), '
           f'device {args.device}); compile warm-up (one image per compiled run, not timed) '
           f'{warmup:.1f} s')
     for unit in sq_eager:
