@@ -84,7 +84,7 @@ def _fake_quant_no_grad(x: Tensor, clip: Tensor, bits: int,
     if torch.is_grad_enabled() and (x.requires_grad or clip.requires_grad):
         return None
     k = clip.shape[0] if clip.dim() else 1
-    if clip.numel() != k or (k > 1 and x.shape[0] != 1):
+    if clip.dim() not in (0, x.dim()) or clip.numel() != k or (k > 1 and x.shape[0] != 1):
         return None
     axis = feature_axis % x.dim()
     canonical = x.reshape(1, math.prod(x.shape[:axis]), x.shape[axis], -1)
