@@ -23,6 +23,8 @@ import torch
 from mmengine.logging import print_log
 from torch import Tensor
 
+from .uniform import grid_params
+
 _compiled: Dict[Callable, Callable] = {}  # eager kernel -> its compiled version
 _disabled = False
 
@@ -118,10 +120,8 @@ def token_fake_quant_eager(x: Tensor, clip: Tensor, qmax: Tensor) -> Tensor:
     token's (group's) features on ``F``, ``clip`` ``(K, 1, 1, 1)``; returns
     ``(K, pre, F, post)``. ``qmax`` is a 0-dim tensor: compiled, a Python float there was
     baked into the graph (a 4-bit call after a 3-bit one reused 3-bit codes; tested)."""
-    lo = torch.clamp(x.amin(2, keepdim=True) * clip, max=0)
-    hi = torch.clamp(x.amax(2, keepdim=True) * clip, min=0)
-    scale = ((hi - lo) / qmax).clamp_min(1e-8)
-    zero_point = torch.round(-lo / scale).clamp(0, qmax)
+    scale, zero_point = grid_params(x.amin(2, keepdim=True) * clip,
+                                    x.amax(2, keepdim=True) * clip, qmax)
     return uniform_fake_quant_eager(x, scale, zero_point, qmax)
 
 

@@ -31,7 +31,7 @@ from torch import Tensor
 from mmq.registry import QUANTIZERS
 from .base_quantizer import BaseQuantizer
 from .fused_scores import token_fake_quant as fused_token_fake_quant
-from .uniform import range_to_params, round_ste
+from .uniform import fake_quant_uniform, range_to_params
 from .validation import UNIFORM_BITS, check_finite
 
 
@@ -64,10 +64,9 @@ def token_fake_quant(x: Tensor, clip: Tensor, bits: int, feature_axis: int = -1,
     differentiable."""
     grouped, clip = group_tokens(x, clip, feature_axis, group_size)
     out = _fake_quant_no_grad(grouped, clip, bits, feature_axis)
-    if out is None:
+    if out is None:  # with autograd: the same formula, straight-through rounding
         scale, zero_point = token_params(grouped, clip, bits, feature_axis)
-        codes = torch.clamp(round_ste(grouped / scale) + zero_point, 0, 2**bits - 1)
-        out = (codes - zero_point) * scale
+        out = fake_quant_uniform(grouped, scale, zero_point, bits)
     if group_size is None:
         return out
     axis = feature_axis if feature_axis < 0 else feature_axis - x.dim()

@@ -7,7 +7,7 @@ integer means one pair per index of that axis (per output channel of a weight: `
 attention head of a ``(B, heads, N, d)`` tensor: ``1``). Parameters are kept in the
 "broadcast" shape: the size of ``ch_axis`` there and 1 elsewhere.
 """
-from typing import Optional, Tuple
+from typing import Optional, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -60,7 +60,12 @@ def quantile_rows(rows: Tensor, q: Tensor) -> Tensor:
 def range_to_params(lo: Tensor, hi: Tensor, bits: int) -> Tuple[Tensor, Tensor]:
     """Scale and integer zero point that map ``[lo, hi]`` (widened to contain 0) to the grid."""
     check_bits(bits)
-    qmax = 2**bits - 1
+    return grid_params(lo, hi, 2**bits - 1)
+
+
+def grid_params(lo: Tensor, hi: Tensor, qmax: Union[int, Tensor]) -> Tuple[Tensor, Tensor]:
+    """:func:`range_to_params` for the grid ``0..qmax``, unchecked. Compiled kernels pass
+    ``qmax`` as a 0-dim tensor: a Python float there is baked into the graph."""
     lo = torch.minimum(lo, torch.zeros_like(lo))
     hi = torch.maximum(hi, torch.zeros_like(hi))
     scale = ((hi - lo) / qmax).clamp_min(1e-8)
