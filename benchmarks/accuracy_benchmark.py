@@ -157,6 +157,13 @@ METHODS = {
         mlp_channel_sort=bool(o), **(dict(w_bits=8) if w else {}))
        for w in ('', '-w8') for n in (8, 16) for p in ('', '-projrep') for o in ('', '-sort')
        if p or o},
+    # ... with each token's (group's) grid from its clipped minimum to its clipped maximum
+    # ('-fzp': token_zero_point='float', a real-valued offset in place of the integer zero
+    # point).
+    **{f'adalog-fpcs{w}-tokens7-g{n}-fzp': dict(
+        token_roles=TOKEN_SETS['tokens7'], token_group_size=n, token_zero_point='float',
+        **(dict(w_bits=8) if w else {}))
+       for w in ('', '-w8') for n in (8, 16)},
     **{f'adalog-fpcs-{role}8': dict(role_bits={role: 8})
        for role in ('ln_input', 'qk', 'v', 'post_softmax', 'proj_input', 'post_gelu', 'other')},
 }

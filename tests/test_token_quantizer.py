@@ -1,5 +1,7 @@
 """Dynamic per-token activation quantization (``quant_cfg.token_roles``)."""
 import copy
+import itertools
+import math
 
 import pytest
 import torch
@@ -331,15 +333,81 @@ def test_compiled_token_fake_quant_and_clip_search_equal_eager_at_every_width(mo
     calls = []
     run = fs._run
     monkeypatch.setattr(fs, '_run', lambda eager, *a: calls.append(eager) or run(eager, *a))
-    for bits in (3, 4, 8):
-        for group in (None, 16):
-            with torch.no_grad():
-                fused = token_fake_quant(x.unsqueeze(0), clips, bits, -1, group)
-            straight = token_fake_quant(x.unsqueeze(0).requires_grad_(True), clips, bits, -1,
-                                        group)
-            assert torch.equal(fused, straight.detach())
-            searched = fpcs_token(x, bits, group_size=group).params
-            monkeypatch.setenv('MMQ_COMPILE', '0')
-            assert torch.equal(fpcs_token(x, bits, group_size=group).params, searched)
-            monkeypatch.delenv('MMQ_COMPILE')
-    assert fs.token_fake_quant_eager in calls  # the compiled path really ran
+    for bits, group, fz in itertools.product((3, 4, 8), (None, 16), (False, True)):
+        with torch.no_grad():
+            fused = token_fake_quant(x.unsqueeze(0), clips, bits, -1, group, fz)
+        straight = token_fake_quant(x.unsqueeze(0).requires_grad_(True), clips, bits, -1,
+                                    group, fz)
+        assert torch.equal(fused, straight.detach())
+        searched = fpcs_token(x, bits, group_size=group, float_zero_point=fz).params
+        monkeypatch.setenv('MMQ_COMPILE', '0')
+        assert torch.equal(fpcs_token(x, bits, group_size=group, float_zero_point=fz).params,
+                           searched)
+        monkeypatch.delenv('MMQ_COMPILE')
+    # the compiled paths really ran, for both grids
+    assert fs.token_fake_quant_eager in calls and fs.token_fake_quant_offset_eager in calls
+
+
+def _sqnr(out: torch.Tensor, x: torch.Tensor) -> float:
+    return 10 * math.log10(float(x.pow(2).sum() / (out - x).pow(2).sum()))
+
+
+def test_float_zero_point_keeps_each_groups_extremes_and_lowers_the_error():
+    """``zero_point='float'``: every group's grid runs from its (clipped) minimum to its
+    maximum, so both are kept exactly and every output lies on that grid; on groups of 8
+    Gaussian features at 4 bits that is more than 0.8 dB over the integer zero point (whose
+    grid shifts by up to half a step), gradients reach ``x`` and the clip, and bad values are
+    refused."""
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(512, 64, generator=g)
+    out = token_fake_quant(x, torch.tensor(1.0), 4, -1, 8, True)
+    groups, qgroups = x.view(512, 8, 8), out.view(512, 8, 8)
+    assert torch.allclose(qgroups.amin(-1), groups.amin(-1), atol=1e-6)
+    assert torch.allclose(qgroups.amax(-1), groups.amax(-1), atol=1e-6)
+    lo = groups.amin(-1, keepdim=True)
+    steps = (qgroups - lo) / ((groups.amax(-1, keepdim=True) - lo) / 15)
+    assert torch.allclose(steps, steps.round(), atol=1e-3)
+    integer = token_fake_quant(x, torch.tensor(1.0), 4, -1, 8)
+    assert _sqnr(out, x) > _sqnr(integer, x) + 0.8, (_sqnr(out, x), _sqnr(integer, x))
+    xg, clip = x.clone().requires_grad_(True), torch.tensor(0.9, requires_grad=True)
+    token_fake_quant(xg, clip, 4, -1, 8, True).pow(2).sum().backward()
+    assert xg.grad.abs().sum() > 0 and torch.isfinite(clip.grad) and clip.grad != 0
+    q = TokenQuantizer(4, group_size=8, zero_point='float')
+    FPCSCalibrator()(q, x)
+    assert q.integer_scale(x) is None and 'float' in repr(q)
+    with pytest.raises(ValueError, match='zero_point'):
+        TokenQuantizer(4, zero_point='half')
+    with pytest.raises(ValueError, match='token_zero_point needs quant_cfg.token_roles'):
+        QuantConfig(token_zero_point='float')
+
+
+def test_float_zero_point_reaches_every_token_quantizer_and_is_saved(tmp_path):
+    """``token_zero_point='float'`` reaches every token quantizer of a calibrated ViT, beats
+    the integer zero point on held-out images (everything but the token roles at 8 bits, so
+    their error dominates), reloads bit-identically, and a state saved under a quant_cfg with
+    the integer zero point is refused."""
+    vit, calib, test = _vit_and_images()
+    with torch.no_grad():
+        ref = vit(test)
+    errors, models = {}, {}
+    eight = dict(w_bits=8, role_bits=dict(v=8, post_softmax=8, post_gelu=8, other=8))
+    for zero_point in ('integer', 'float'):
+        cfg = dict(FAST_QUANT, a_bits=3, token_roles=TOKENS, token_group_size=4,
+                   token_zero_point=zero_point, **eight)
+        models[zero_point] = model = copy.deepcopy(vit)
+        mmq.quantize(model, calib, cfg)
+        with torch.no_grad():
+            errors[zero_point] = float((model(test) - ref).pow(2).mean() / ref.pow(2).mean())
+    tokens = [m for m in models['float'].modules() if isinstance(m, TokenQuantizer)]
+    assert len(tokens) == 10 and all(q.float_zero_point for q in tokens)
+    assert errors['float'] < 0.7 * errors['integer'], errors
+    path = str(tmp_path / 'q.pth')
+    mmq.save_quantized_state(models['float'], path, QuantConfig(**cfg))
+    fresh = copy.deepcopy(vit)
+    mmq.load_quantized_state(fresh, path)
+    with torch.no_grad():
+        assert torch.equal(fresh(test), models['float'](test))
+    mmq.save_quantized_state(models['float'], path,
+                             QuantConfig(**dict(cfg, token_zero_point='integer')))
+    with pytest.raises(ValueError, match='does not describe it'):
+        mmq.load_quantized_state(copy.deepcopy(vit), path)

@@ -38,12 +38,13 @@ def tensor_checksum(state: Dict[str, Tensor]) -> str:
 
 def quantizer_layout(model: nn.Module) -> Dict[str, List]:
     """``{module name: [quantizer class, bits]}`` of every quantizer of ``model`` (with its
-    ``group_size`` appended where it has one)."""
+    ``group_size`` appended where it has one, then ``'float_zero_point'`` where it has one)."""
     layout = {}
     for name, m in model.named_modules():
         if isinstance(m, BaseQuantizer):
             group = getattr(m, 'group_size', None)
-            layout[name] = [type(m).__name__, int(m.bits)] + ([group] if group else [])
+            layout[name] = [type(m).__name__, int(m.bits)] + ([group] if group else []) + (
+                ['float_zero_point'] if getattr(m, 'float_zero_point', False) else [])
     return layout
 
 

@@ -6,7 +6,7 @@ from typing import Dict, List, Optional
 from mmq.quantizers import GELU_SHIFT, UniformQuantizer
 from mmq.quantizers.fpcs import LogSchedule, UniformSchedule
 from mmq.quantizers.log_quant import ADALOG_BASE_RANGES
-from mmq.quantizers.token_quantizer import check_group_size
+from mmq.quantizers.token_quantizer import check_group_size, check_zero_point
 from mmq.registry import CALIBRATORS as CALIBRATOR_REGISTRY
 from mmq.registry import QUANTIZERS
 from mmq.quantizers.validation import UNIFORM_BITS, check_bits
@@ -135,6 +135,11 @@ class QuantConfig:
             the published methods); ``None``: one scale per token. For 'v' and
             'post_softmax' the groups run along the tokens / keys (``A @ v``'s reduction
             axis), whose count varies: a width it does not divide ends with a partial group.
+        token_zero_point: The grid of those quantizers: 'integer' (it contains 0, an
+            integer zero point) or 'float' (from each token's / group's clipped minimum to its
+            clipped maximum, which are then kept exactly; the kernel's per-group offset term
+            is the one an integer zero point already needs with ``token_group_size``; beyond
+            the published methods).
         weight_rounding: How weights are rounded onto their searched grids: 'nearest'
             (published) or 'gptq' (error-compensated codes from the layer's input Hessian,
             :mod:`mmq.calibration.weight_rounding`; backbone Linears and Conv2ds; beyond the
@@ -176,6 +181,7 @@ class QuantConfig:
     token_roles: Optional[List[str]] = None
     token_clip: str = 'search'
     token_group_size: Optional[int] = None
+    token_zero_point: str = 'integer'
     weight_rounding: str = 'nearest'
     gptq_damp: float = 0.01
     gptq_target: str = 'quantized'
@@ -213,6 +219,10 @@ class QuantConfig:
         if self.token_group_size is not None and not self.token_roles:
             raise ValueError('quant_cfg.token_group_size needs quant_cfg.token_roles (the '
                              'per-token quantized roles it splits into groups).')
+        check_zero_point(self.token_zero_point, 'quant_cfg.token_zero_point')
+        if self.token_zero_point != 'integer' and not self.token_roles:
+            raise ValueError('quant_cfg.token_zero_point needs quant_cfg.token_roles (the '
+                             'per-token quantized roles whose grid it sets).')
         if self.mlp_channel_sort is True and (self.token_group_size is None
                                               or 'post_gelu' not in self.token_roles):
             raise ValueError("quant_cfg.mlp_channel_sort orders fc2's input channels for its "
@@ -301,7 +311,8 @@ class QuantConfig:
         bits = self.bits_for(role)
         if self.per_token(role):
             return _quantizer('TokenQuantizer', bits=bits, feature_axis=feature_axis,
-                              group_size=self.token_group_size or pixel_channels)
+                              group_size=self.token_group_size or pixel_channels,
+                              zero_point=self.token_zero_point)
         return _quantizer('UniformQuantizer', bits=bits, ch_axis=ch_axis)
 
     def _power_law(self, kind: str, role: str, **log_kwargs):

@@ -126,7 +126,8 @@ class FPCSCalibrator:
                 quantizer.set_params(1.0)
                 return None
             result = fpcs_token(x, quantizer.bits, quantizer.feature_axis, objective,
-                                self.budget, quantizer.group_size)
+                                self.budget, quantizer.group_size,
+                                quantizer.float_zero_point)
             quantizer.set_params(float(result.params[0, 0]))
         else:
             raise _unsupported(self, quantizer)

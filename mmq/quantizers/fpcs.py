@@ -269,11 +269,12 @@ def fpcs_token(x: Tensor,
                feature_axis: int = -1,
                objective: Optional[Objective] = None,
                budget: int = 2**24,
-               group_size: Optional[int] = None) -> SearchResult:
+               group_size: Optional[int] = None,
+               float_zero_point: bool = False) -> SearchResult:
     """Search the clip ratio of a dynamic per-token quantizer
     (:class:`mmq.quantizers.TokenQuantizer`) with FPCS's coarse-to-fine beam; ``objective``
-    defaults to self-MSE (``group_size``: the quantizer's features per scale). ``params`` are
-    ``(1, 1)``: the ratio, in (0, 1]."""
+    defaults to self-MSE (``group_size``, ``float_zero_point``: the quantizer's features per
+    scale and grid). ``params`` are ``(1, 1)``: the ratio, in (0, 1]."""
     check_bits(bits, UNIFORM_BITS)
     check_finite(x)
     objective = objective or self_mse(x)
@@ -283,7 +284,8 @@ def fpcs_token(x: Tensor,
 
     def score(cands: Tensor) -> Tensor:
         clip = cands[0, :, 0].reshape(-1, *([1] * x.dim()))
-        quantized = token_fake_quant(x.unsqueeze(0), clip, bits, feature_axis, group_size)
+        quantized = token_fake_quant(x.unsqueeze(0), clip, bits, feature_axis, group_size,
+                                     float_zero_point)
         return objective(quantized).t()
 
     def refine(beam: Tensor, step: int) -> Tensor:

@@ -23,7 +23,7 @@ import torch
 from mmengine.logging import print_log
 from torch import Tensor
 
-from .uniform import grid_params
+from .uniform import fake_quant_span, grid_params
 
 _compiled: Dict[Callable, Callable] = {}  # eager kernel -> its compiled version
 _disabled = False
@@ -125,12 +125,21 @@ def token_fake_quant_eager(x: Tensor, clip: Tensor, qmax: Tensor) -> Tensor:
     return uniform_fake_quant_eager(x, scale, zero_point, qmax)
 
 
-def token_fake_quant(x: Tensor, clip: Tensor, qmax: Tensor) -> Tensor:
-    """:func:`token_fake_quant_eager`, compiled when possible (from
-    ``FORWARD_MIN_ELEMENTS`` outputs on)."""
+def token_fake_quant_offset_eager(x: Tensor, clip: Tensor, qmax: Tensor) -> Tensor:
+    """:func:`token_fake_quant_eager` on the grid from each group's clipped minimum to its
+    clipped maximum (``zero_point='float'`` of :class:`mmq.quantizers.TokenQuantizer`)."""
+    return fake_quant_span(x, clip, qmax, 2)
+
+
+def token_fake_quant(x: Tensor, clip: Tensor, qmax: Tensor, float_zero_point: bool = False
+                     ) -> Tensor:
+    """:func:`token_fake_quant_eager` (:func:`token_fake_quant_offset_eager` with
+    ``float_zero_point``), compiled when possible (from ``FORWARD_MIN_ELEMENTS`` outputs
+    on)."""
+    kernel = token_fake_quant_offset_eager if float_zero_point else token_fake_quant_eager
     if x.numel() * clip.shape[0] < FORWARD_MIN_ELEMENTS:
-        return token_fake_quant_eager(x, clip, qmax)
-    return _run(token_fake_quant_eager, x, clip, qmax)
+        return kernel(x, clip, qmax)
+    return _run(kernel, x, clip, qmax)
 
 
 def uniform_codes_eager(x: Tensor, scale: Tensor, zero_point: Tensor, qmax: float) -> Tensor:

@@ -14,6 +14,14 @@ W_q^T``: the cost is one min / max reduction per token at run time. Static per-t
 (the published methods) must cover the largest token of the calibration set; DINOv2's
 high-norm tokens make that range wide for every other token.
 
+With ``zero_point='float'`` (beyond the published methods) the grid runs from the clipped
+minimum to the clipped maximum, ``x_hat = lo + s * clamp(round((x - lo) / s), 0, 2^b - 1)``
+with ``s = (hi - lo) / (2^b - 1)`` and no widening to contain 0: a token's (group's) smallest
+and largest values are kept exactly, where an integer zero point shifts the grid by up to
+``s / 2``. With block scaling this costs the kernel nothing more: it already adds each
+group's ``zero point x (sum of that group's weights)`` term, here ``lo`` times the same sums.
+(For groups of 8 Gaussian values: 26.1 dB SQNR at 4 bits against 24.9 dB.)
+
 With ``group_size`` (beyond the published methods) a token's features are split into
 consecutive groups of that many, each with its own ``(s, z)``: block scaling along the
 reduction axis, as the OCP microscaling (MX) formats do with 32-element blocks. The kernel
@@ -31,7 +39,7 @@ from torch import Tensor
 from mmq.registry import QUANTIZERS
 from .base_quantizer import BaseQuantizer
 from .fused_scores import token_fake_quant as fused_token_fake_quant
-from .uniform import fake_quant_uniform, range_to_params
+from .uniform import fake_quant_span, fake_quant_uniform, range_to_params
 from .validation import UNIFORM_BITS, check_finite
 
 
@@ -56,15 +64,19 @@ def group_tokens(x: Tensor, clip: Tensor, feature_axis: int,
 
 
 def token_fake_quant(x: Tensor, clip: Tensor, bits: int, feature_axis: int = -1,
-                     group_size: Optional[int] = None) -> Tensor:
+                     group_size: Optional[int] = None, float_zero_point: bool = False
+                     ) -> Tensor:
     """Fake-quantize ``x`` with one ``(s, z)`` per token (per group of ``group_size`` of its
     features), the range taken along ``feature_axis`` and scaled by ``clip`` (broadcasts
     against ``x`` with a leading candidate axis: ``clip`` of shape ``(K, 1, ..., 1)`` gives
-    ``K`` candidates). The rounding has a straight-through gradient; the range is
+    ``K`` candidates); ``float_zero_point``: the grid from the clipped minimum to the clipped
+    maximum (module docstring). The rounding has a straight-through gradient; the range is
     differentiable."""
     grouped, clip = group_tokens(x, clip, feature_axis, group_size)
-    out = _fake_quant_no_grad(grouped, clip, bits, feature_axis)
-    if out is None:  # with autograd: the same formula, straight-through rounding
+    out = _fake_quant_no_grad(grouped, clip, bits, feature_axis, float_zero_point)
+    if out is None and float_zero_point:  # with autograd: the same formulas, straight-through
+        out = fake_quant_span(grouped, clip, 2**bits - 1, feature_axis)
+    elif out is None:
         scale, zero_point = token_params(grouped, clip, bits, feature_axis)
         out = fake_quant_uniform(grouped, scale, zero_point, bits)
     if group_size is None:
@@ -75,8 +87,8 @@ def token_fake_quant(x: Tensor, clip: Tensor, bits: int, feature_axis: int = -1,
     return out if out.shape[axis] == features else out.narrow(axis, 0, features)
 
 
-def _fake_quant_no_grad(x: Tensor, clip: Tensor, bits: int,
-                        feature_axis: int) -> Optional[Tensor]:
+def _fake_quant_no_grad(x: Tensor, clip: Tensor, bits: int, feature_axis: int,
+                        float_zero_point: bool) -> Optional[Tensor]:
     """The same fake-quant without autograd through one canonical kernel (compiled for large
     tensors: the clip search's candidates, calibration and evaluation passes), or ``None``
     when a gradient is wanted or ``clip`` is not one ratio (per candidate)."""
@@ -88,7 +100,8 @@ def _fake_quant_no_grad(x: Tensor, clip: Tensor, bits: int,
     axis = feature_axis % x.dim()
     canonical = x.reshape(1, math.prod(x.shape[:axis]), x.shape[axis], -1)
     out = fused_token_fake_quant(canonical, clip.reshape(k, 1, 1, 1).to(x.dtype),
-                                 torch.tensor(2**bits - 1, dtype=x.dtype, device=x.device))
+                                 torch.tensor(2**bits - 1, dtype=x.dtype, device=x.device),
+                                 float_zero_point)
     return out.reshape(k, *x.shape[1:]) if k > 1 else out.reshape(x.shape)
 
 
@@ -111,19 +124,24 @@ class TokenQuantizer(BaseQuantizer):
             ``(B, heads, d, N)``.
         group_size (int, optional): Features per scale within a token (block scaling along
             the reduction axis); ``None``: one scale per token.
+        zero_point (str): ``'integer'`` (the grid contains 0, an integer zero point) or
+            ``'float'`` (the grid from the clipped minimum to the clipped maximum; module
+            docstring).
     """
 
     lazy_buffers = ('clip', )
 
-    def __init__(self, bits: int, feature_axis: int = -1,
-                 group_size: Optional[int] = None) -> None:
+    def __init__(self, bits: int, feature_axis: int = -1, group_size: Optional[int] = None,
+                 zero_point: str = 'integer') -> None:
         super().__init__(bits, UNIFORM_BITS)
         if feature_axis not in (-1, -2):
             raise ValueError(f'feature_axis={feature_axis!r} must be -1 (rows) or -2 '
                              '(columns).')
         check_group_size(group_size)
+        check_zero_point(zero_point)
         self.feature_axis = feature_axis
         self.group_size = group_size
+        self.float_zero_point = zero_point == 'float'
 
     def set_params(self, clip: float) -> None:
         """Set the clip ratio (in (0, 1]: the fraction of each token's range kept)."""
@@ -134,13 +152,14 @@ class TokenQuantizer(BaseQuantizer):
 
     def fake_quant(self, x: Tensor, clip: Tensor) -> Tensor:
         """``x`` quantized with clip ratio(s) ``clip`` (see :func:`token_fake_quant`)."""
-        return token_fake_quant(x, clip, self.bits, self.feature_axis, self.group_size)
+        return token_fake_quant(x, clip, self.bits, self.feature_axis, self.group_size,
+                                self.float_zero_point)
 
     def integer_scale(self, x: Tensor) -> Optional[Tensor]:
         """The scales ``x`` is quantized with (one per token): ``self(x)`` is integer codes
         times them; ``None`` with groups (no single scale per token to factor out of a
-        product)."""
-        if self.group_size is not None:
+        product) or a float zero point (``self(x)`` is offset codes)."""
+        if self.group_size is not None or self.float_zero_point:
             return None
         return token_params(x, self.clip, self.bits, self.feature_axis)[0]
 
@@ -151,7 +170,19 @@ class TokenQuantizer(BaseQuantizer):
 
     def extra_repr(self) -> str:
         group = '' if self.group_size is None else f', group_size={self.group_size}'
-        return f'{super().extra_repr()}, feature_axis={self.feature_axis}{group}'
+        zero = ", zero_point='float'" if self.float_zero_point else ''
+        return f'{super().extra_repr()}, feature_axis={self.feature_axis}{group}{zero}'
+
+
+ZERO_POINTS = ('integer', 'float')
+
+
+def check_zero_point(zero_point: str, name: str = 'zero_point') -> None:
+    """One of :data:`ZERO_POINTS`."""
+    if zero_point not in ZERO_POINTS:
+        raise ValueError(f'{name}={zero_point!r} must be one of {ZERO_POINTS}: an integer '
+                         'zero point (the grid contains 0) or a float one (the grid spans '
+                         'each token\'s clipped range).')
 
 
 def check_group_size(group_size: Optional[int], name: str = 'group_size') -> None:

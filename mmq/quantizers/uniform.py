@@ -133,6 +133,17 @@ def fake_quant_uniform(x: Tensor, scale: Tensor, zero_point: Tensor, bits: int) 
     return round_ste(torch.clamp(x / scale, -zero_point, qmax - zero_point)) * scale
 
 
+def fake_quant_span(x: Tensor, clip: Tensor, qmax: Union[int, Tensor], axis: int) -> Tensor:
+    """Quantize-dequantize every slice along ``axis`` on the grid ``lo + s * {0..qmax}``, from
+    its minimum to its maximum scaled by ``clip`` (``lo = clip * min``, ``s = clip * (max -
+    min) / qmax``; a real-valued offset in place of an integer zero point, the range not
+    widened to contain 0), straight-through rounding; unchecked. ``qmax`` is a number, or a
+    0-dim tensor inside compiled kernels."""
+    lo = x.amin(dim=axis, keepdim=True) * clip
+    scale = ((x.amax(dim=axis, keepdim=True) * clip - lo) / qmax).clamp_min(1e-8)
+    return round_ste(torch.clamp((x - lo) / scale, qmax * 0, qmax)) * scale + lo
+
+
 def uniform_fake_quant(x: Tensor, scale: Tensor, zero_point: Tensor, bits: int) -> Tensor:
     """Checked :func:`fake_quant_uniform`."""
     _check_params(x, scale, zero_point, bits)
