@@ -5,6 +5,8 @@ clip 1 (no calibration), SQNR against the captured tensor.
 
     python benchmarks/activation_format_probe.py [--state WORK_DIR/stage_calibrate.pth]
 
+``_fzp``: the same INT4 blocks with the grid from each block's minimum to its maximum
+(``quant_cfg.token_zero_point='float'``) instead of one that contains 0.
 Linear inputs (rows = tokens): INT4 per token, in blocks of 16 / 8 features, FP4 (E2M1
 elements, one absmax scale per block of 16, as NVFP4), and a block-Hadamard rotation of 16 /
 64 / 128 features before INT4 blocks of 16 (the rotation is orthogonal: the error is the same
@@ -32,9 +34,10 @@ ONE = torch.tensor(1.0)
 FP4_LEVELS = torch.tensor([0, 0.5, 1, 1.5, 2, 3, 4, 6])
 
 
-def int4(x: Tensor, axis: int = -1, group=None) -> Tensor:
-    """Asymmetric INT4, one min / max range per token (per block of ``group``)."""
-    return token_fake_quant(x, ONE, 4, axis, group)
+def int4(x: Tensor, axis: int = -1, group=None, float_zero_point: bool = False) -> Tensor:
+    """Asymmetric INT4, one min / max range per token (per block of ``group``); the grid
+    contains 0 (integer zero point) or spans the range (``float_zero_point``)."""
+    return token_fake_quant(x, ONE, 4, axis, group, float_zero_point)
 
 
 def fp4(x: Tensor, group: int) -> Tensor:
@@ -82,12 +85,14 @@ def sorted_by_rms(quant: Callable[[Tensor], Tensor]) -> Callable[[Tensor], Tenso
 
 LINEAR = dict(
     tok=lambda x: int4(x), g16=lambda x: int4(x, -1, 16), g8=lambda x: int4(x, -1, 8),
+    g16_fzp=lambda x: int4(x, -1, 16, True), g8_fzp=lambda x: int4(x, -1, 8, True),
     fp4_g16=lambda x: fp4(x, 16),
     **{f'H{n}_g16': (lambda n: lambda x: rotated(x, n, lambda y: int4(y, -1, 16)))(n)
        for n in (16, 64, 128)})
 VALUE = dict(col=lambda v: int4(v, -2), col_g32=lambda v: int4(v, -2, 32),
-             col_g16=lambda v: int4(v, -2, 16))
+             col_g16=lambda v: int4(v, -2, 16), col_g16_fzp=lambda v: int4(v, -2, 16, True))
 SOFTMAX = dict(row=lambda a: int4(a), row_g16=lambda a: int4(a, -1, 16),
+               row_g16_fzp=lambda a: int4(a, -1, 16, True),
                log2_row=lambda a: log_quant(a, 2.0), log2_g16=lambda a: log_quant(a, 2.0, 16),
                logsqrt2_row=lambda a: log_quant(a, 2**0.5),
                logsqrt2_g16=lambda a: log_quant(a, 2**0.5, 16))
