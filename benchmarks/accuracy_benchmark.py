@@ -139,15 +139,17 @@ METHODS = {
        for t, roles in TOKEN_SETS.items() for w in ('', '-w8') for g in ('', '-gptq')
        for n in (8, 16, 32)},
     # ... with reconstruction (the demo and long schedules), the issue's APHQ row and, with
-    # '@detector', the RoI box heads reconstructed after the neck ('-boxhead').
-    **{f'adalog-fpcs-{t}-g{n}{stages}': dict(
+    # '@detector', the RoI box heads reconstructed after the neck ('-boxhead'); '-fzp': the
+    # float zero point (below).
+    **{f'adalog-fpcs-{t}-g{n}{z}{stages}': dict(
         token_roles=roles, token_group_size=n,
+        **(dict(token_zero_point='float') if z else {}),
         stages=['mr', 'calibrate', 'reconstruct'] if 'mr' in stages else [
             'calibrate', 'reconstruct'],
         reconstruct=dict(REC_LONG if 'long' in stages else REC_DEMO,
                          **(dict(box_head=True) if 'boxhead' in stages else {})),
         **(dict(mr=MR_LSTSQ) if 'mr' in stages else {}))
-       for t, roles in TOKEN_SETS.items() for n in (16, 32)
+       for t, roles in TOKEN_SETS.items() for n in (16, 32) for z in ('', '-fzp')
        for stages in ('+rec', '+rec-long', '+mr+rec-long', '+mr+rec-long-boxhead')},
     # ... with the attention-output reparameterization ('-projrep': proj's input channels
     # equalised before its token groups) and / or the MLP's hidden channels sorted by RMS
