@@ -320,6 +320,30 @@ def test_conv_inputs_per_pixel(kernel, group):
     assert errors['pixel'] < 0.5 * errors['static'], errors
 
 
+def test_per_pixel_conv_output_keeps_the_input_memory_format():
+    """A per-pixel quantized conv input goes back to the caller's memory format, so the
+    conv's output does too: mmcv's CPU RoIAlign reads a channels-last FPN output as if it
+    were contiguous (a per-pixel quantized neck once gave every RoI garbage features and the
+    detector ~0 AP)."""
+    from mmcv.ops import RoIAlign
+    g = torch.Generator().manual_seed(6)
+    conv = torch.nn.Conv2d(16, 8, 3, padding=1)
+    x = torch.randn(2, 16, 12, 12, generator=g)
+    cfg = QuantConfig(**FAST_QUANT, token_roles=['other'], token_group_size=8)
+    layer = QuantConv2d.from_float(conv, cfg.weight(), cfg.activation(pixel_channels=16))
+    rows = layer.sample_inputs((x, ), 10**6, torch.Generator().manual_seed(0))
+    solve(layer.calibration_problem(rows), cfg.make_calibrator, rounds=1, b_is_weight=True)
+    rois = torch.tensor([[0, 1.0, 1.0, 9.0, 7.0], [1, 2.0, 0.5, 11.0, 11.0]])
+    roi_align = RoIAlign((3, 3), 1.0, 0, aligned=True)
+    with torch.no_grad():
+        y = layer(x)
+        assert y.is_contiguous()
+        assert torch.equal(roi_align(y, rois), roi_align(y.contiguous(), rois))
+        y_last = layer(x.contiguous(memory_format=torch.channels_last))
+    assert y_last.is_contiguous(memory_format=torch.channels_last)
+    assert torch.allclose(y_last, y, atol=1e-5)
+
+
 def test_compiled_token_fake_quant_and_clip_search_equal_eager_at_every_width(monkeypatch):
     """The clip search's candidates and large no-autograd passes run through one compiled
     kernel; it gives exactly the autograd (straight-through) path's values and the same

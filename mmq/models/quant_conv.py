@@ -13,6 +13,15 @@ from mmq.registry import MODELS
 from .quant_linear import sample_rows
 
 
+def memory_format(x: Tensor) -> torch.memory_format:
+    """``torch.channels_last`` for a 4-d tensor laid out so (and not also contiguous), else
+    ``torch.contiguous_format``."""
+    if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(
+            memory_format=torch.channels_last):
+        return torch.channels_last
+    return torch.contiguous_format
+
+
 @MODELS.register_module()
 class QuantConv2d(nn.Conv2d):
     """Conv2d with fake-quantized weight and (optionally) input.
@@ -58,7 +67,11 @@ class QuantConv2d(nn.Conv2d):
             if q.feature_axis != -1:
                 raise ValueError('a per-pixel conv input quantizer takes the channels as its '
                                  f'last axis (feature_axis=-1), got {q.feature_axis}.')
-            return q(x.movedim(1, -1)).movedim(-1, 1)
+            # Back to x's memory format: the channels-last view the quantizer leaves would
+            # make the conv's output channels-last too, which mmcv's CPU RoIAlign reads as
+            # if contiguous (garbage RoI features behind a per-pixel quantized FPN).
+            return q(x.movedim(1, -1)).movedim(-1, 1).contiguous(
+                memory_format=memory_format(x))
         return q(x)
 
     def forward(self, x: Tensor) -> Tensor:
