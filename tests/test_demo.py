@@ -103,6 +103,21 @@ def test_demo_detector_keeps_its_accuracy_at_w4a4(name, demo_split, tmp_path):
     assert osp.isfile(osp.join(str(tmp_path / 'w4a4'), 'quantized_state.pth'))
 
 
+def test_demo_vit_at_detector_scope_with_every_input_dynamic_keeps_its_accuracy(
+        demo_split, tmp_path):
+    """scope='detector' with every token role (the FPN, RPN and RoI heads' conv inputs per
+    pixel, in blocks of 16) at W8A8 keeps >= 90 % of the float AP: a per-pixel quantized FPN
+    once handed mmcv's RoIAlign channels-last features and the detector fell to ~0 AP."""
+    from mmq.config.quant_config import TOKEN_ROLES
+    fp = _run('vit', demo_split, str(tmp_path / 'float'))
+    q = _run('vit', demo_split, str(tmp_path / 'w8a8'),
+             dict(FAST_QUANT, w_bits=8, a_bits=8, scope='detector',
+                  token_roles=list(TOKEN_ROLES), token_group_size=16), num_images=2)
+    for key in ('coco/bbox_mAP', 'coco/segm_mAP'):
+        assert fp[key] > 0.3, fp
+        assert q[key] >= 0.9 * fp[key], (key, fp[key], q[key])
+
+
 def test_fpcs_beats_minmax_on_the_demo_vit_at_w3a3(demo_split, tmp_path):
     """The FPCS search must do better than the MinMax ranges it starts beyond (measured on
     the full val split: 0.556 vs 0.239 box AP)."""
