@@ -1,7 +1,6 @@
 """Dynamic per-token activation quantization (``quant_cfg.token_roles``)."""
 import copy
 import itertools
-import math
 
 import pytest
 import torch
@@ -14,6 +13,7 @@ from mmq.models.quant_linear import QuantLinear
 from mmq.quantizers import (FPCSCalibrator, MinMaxCalibrator, PercentileCalibrator,
                             TokenQuantizer, UniformQuantizer, fpcs_token, token_fake_quant)
 from mmq.quantizers.layer_schedule import solve
+from mmq.quantizers.objectives import sqnr_db
 from .conftest import FAST_QUANT, tiny_vit
 
 TOKENS = ['ln_input', 'proj_input', 'qk']
@@ -372,10 +372,6 @@ def test_compiled_token_fake_quant_and_clip_search_equal_eager_at_every_width(mo
     assert fs.token_fake_quant_eager in calls and fs.token_fake_quant_offset_eager in calls
 
 
-def _sqnr(out: torch.Tensor, x: torch.Tensor) -> float:
-    return 10 * math.log10(float(x.pow(2).sum() / (out - x).pow(2).sum()))
-
-
 def test_float_zero_point_keeps_each_groups_extremes_and_lowers_the_error():
     """``zero_point='float'``: every group's grid runs from its (clipped) minimum to its
     maximum, so both are kept exactly and every output lies on that grid; on groups of 8
@@ -392,7 +388,7 @@ def test_float_zero_point_keeps_each_groups_extremes_and_lowers_the_error():
     steps = (qgroups - lo) / ((groups.amax(-1, keepdim=True) - lo) / 15)
     assert torch.allclose(steps, steps.round(), atol=1e-3)
     integer = token_fake_quant(x, torch.tensor(1.0), 4, -1, 8)
-    assert _sqnr(out, x) > _sqnr(integer, x) + 0.8, (_sqnr(out, x), _sqnr(integer, x))
+    assert sqnr_db(x, out) > sqnr_db(x, integer) + 0.8, (sqnr_db(x, out), sqnr_db(x, integer))
     xg, clip = x.clone().requires_grad_(True), torch.tensor(0.9, requires_grad=True)
     token_fake_quant(xg, clip, 4, -1, 8, True).pow(2).sum().backward()
     assert xg.grad.abs().sum() > 0 and torch.isfinite(clip.grad) and clip.grad != 0
