@@ -6,7 +6,7 @@ from typing import Dict, List, Optional
 from mmq.quantizers import GELU_SHIFT, UniformQuantizer
 from mmq.quantizers.fpcs import LogSchedule, UniformSchedule
 from mmq.quantizers.log_quant import ADALOG_BASE_RANGES
-from mmq.quantizers.token_quantizer import check_group_size, check_zero_point
+from mmq.quantizers.token_quantizer import ZERO_POINTS, check_group_size
 from mmq.registry import CALIBRATORS as CALIBRATOR_REGISTRY
 from mmq.registry import QUANTIZERS
 from mmq.quantizers.validation import UNIFORM_BITS, check_bits
@@ -219,8 +219,7 @@ class QuantConfig:
         if self.token_group_size is not None and not self.token_roles:
             raise ValueError('quant_cfg.token_group_size needs quant_cfg.token_roles (the '
                              'per-token quantized roles it splits into groups).')
-        check_zero_point(self.token_zero_point, 'quant_cfg.token_zero_point')
-        if self.token_zero_point != 'integer' and not self.token_roles:
+        if self.token_zero_point == 'float' and not self.token_roles:
             raise ValueError('quant_cfg.token_zero_point needs quant_cfg.token_roles (the '
                              'per-token quantized roles whose grid it sets).')
         if self.mlp_channel_sort is True and (self.token_group_size is None
@@ -234,6 +233,7 @@ class QuantConfig:
                               ('adalog_base_range', ADALOG_BASE_RANGES),
                               ('ln_reparam_ranges', ('minmax', 'search')),
                               ('token_clip', ('search', 'full')),
+                              ('token_zero_point', ZERO_POINTS),
                               ('weight_rounding', ('nearest', 'gptq')),
                               ('gptq_target', ('quantized', 'float'))):
             if getattr(self, name) not in allowed:
