@@ -152,20 +152,16 @@ METHODS = {
        for t, roles in TOKEN_SETS.items() for n in (16, 32) for z in ('', '-fzp')
        for stages in ('+rec', '+rec-long', '+mr+rec-long', '+mr+rec-long-boxhead')},
     # ... with the attention-output reparameterization ('-projrep': proj's input channels
-    # equalised before its token groups) and / or the MLP's hidden channels sorted by RMS
-    # ('-sort': mlp_channel_sort).
-    **{f'adalog-fpcs{w}-tokens7-g{n}{p}{o}': dict(
+    # equalised before its token groups), the MLP's hidden channels sorted by RMS ('-sort':
+    # mlp_channel_sort) and / or each token's (group's) grid from its clipped minimum to its
+    # clipped maximum ('-fzp': token_zero_point='float', a real-valued offset in place of the
+    # integer zero point).
+    **{f'adalog-fpcs{w}-tokens7-g{n}{p}{o}{z}': dict(
         token_roles=TOKEN_SETS['tokens7'], token_group_size=n, proj_reparam=bool(p),
-        mlp_channel_sort=bool(o), **(dict(w_bits=8) if w else {}))
-       for w in ('', '-w8') for n in (8, 16) for p in ('', '-projrep') for o in ('', '-sort')
-       if p or o},
-    # ... with each token's (group's) grid from its clipped minimum to its clipped maximum
-    # ('-fzp': token_zero_point='float', a real-valued offset in place of the integer zero
-    # point).
-    **{f'adalog-fpcs{w}-tokens7-g{n}-fzp': dict(
-        token_roles=TOKEN_SETS['tokens7'], token_group_size=n, token_zero_point='float',
+        mlp_channel_sort=bool(o), token_zero_point='float' if z else 'integer',
         **(dict(w_bits=8) if w else {}))
-       for w in ('', '-w8') for n in (8, 16)},
+       for w in ('', '-w8') for n in (8, 16) for p in ('', '-projrep') for o in ('', '-sort')
+       for z in ('', '-fzp') if p or o or z},
     **{f'adalog-fpcs-{role}8': dict(role_bits={role: 8})
        for role in ('ln_input', 'qk', 'v', 'post_softmax', 'proj_input', 'post_gelu', 'other')},
 }
