@@ -1,6 +1,7 @@
 """Every shipped config loads with ``Config.fromfile`` and builds its model (random weights, no
 network); every quant preset parses into a QuantConfig and its quantized structure is built."""
 import glob
+import importlib.util
 import os.path as osp
 
 import pytest
@@ -14,6 +15,10 @@ from mmq.models import QuantConfig
 from mmq.models.transform import count_quant_layers
 
 ROOT = osp.join(osp.dirname(__file__), '..', 'configs')
+BENCHMARK = osp.join(osp.dirname(__file__), '..', 'benchmarks', 'accuracy_benchmark.py')
+# Demo configs that reproduce an accuracy-benchmark row calibrated on more than 32 images.
+ROW_REPRODUCERS = {'mask-rcnn_dinov2-vits14_w4a4-aphq-tokens7-g16_shapes.py':
+                   'adalog-fpcs-tokens7-g16+mr+rec-long#n256'}
 DETECTOR_CONFIGS = sorted(
     p for p in glob.glob(osp.join(ROOT, '**', '*.py'), recursive=True)
     if '_base_' not in p.split(osp.sep))
@@ -29,7 +34,7 @@ def _no_network(cfg: Config) -> None:
 
 
 def test_every_config_is_found():
-    assert len(DETECTOR_CONFIGS) >= 30 and len(PRESETS) == 16
+    assert len(DETECTOR_CONFIGS) >= 30 and len(PRESETS) == 17
 
 
 @pytest.mark.parametrize('path', DETECTOR_CONFIGS, ids=lambda p: osp.relpath(p, ROOT))
@@ -40,7 +45,8 @@ def test_detector_config_loads_and_builds(path):
     model = MODELS.build(cfg.model)
     assert model.backbone is not None and hasattr(model, 'roi_head')
     hooks = [h for h in cfg.get('custom_hooks', []) if h.get('type') == HOOK]
-    if hooks and osp.sep + 'demo' + osp.sep in path:
+    if hooks and osp.sep + 'demo' + osp.sep in path and osp.basename(
+            path) not in ROW_REPRODUCERS:
         assert hooks[0]['num_images'] == 32  # the demos stay CPU-sized (APHQ presets: 256)
     if 'quant_cfg' in cfg:
         assert hooks, f'{path} has a quant_cfg but no {HOOK}'
@@ -74,5 +80,22 @@ def test_quant_preset_parses(path):
     else:
         assert images == 32
     assert qcfg.weight_rounding == ('gptq' if 'gptq' in name else 'nearest')
-    assert qcfg.token_group_size == (16 if '_g16' in name else None)
-    assert (qcfg.token_roles is not None) == ('_g16' in name)
+    assert qcfg.token_group_size == (16 if 'g16' in name else None)
+    assert (qcfg.token_roles is not None) == ('g16' in name)
+    if 'tokens7' in name:
+        assert len(set(qcfg.token_roles)) == 7
+
+
+@pytest.mark.parametrize('name', sorted(ROW_REPRODUCERS))
+def test_demo_config_reproduces_its_benchmark_row(name):
+    """The shipped config and the benchmark row it quotes run the same calibration."""
+    spec = importlib.util.spec_from_file_location('accuracy_benchmark', BENCHMARK)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    method, scope, seed, images = bench.split_method(ROW_REPRODUCERS[name])
+    cfg = Config.fromfile(osp.join(ROOT, 'demo', name))
+    row = QuantConfig.from_dict(dict(w_bits=4, a_bits=4, scope=scope, seed=seed or 0,
+                                     **bench.METHODS[method]))
+    assert QuantConfig.from_dict(cfg.quant_cfg) == row
+    hook = cfg.custom_hooks[0]
+    assert (hook['num_images'], hook['seed']) == (images, seed or 0)
