@@ -34,7 +34,7 @@ def _no_network(cfg: Config) -> None:
 
 
 def test_every_config_is_found():
-    assert len(DETECTOR_CONFIGS) >= 30 and len(PRESETS) == 17
+    assert len(DETECTOR_CONFIGS) >= 30 and len(PRESETS) == 18
 
 
 @pytest.mark.parametrize('path', DETECTOR_CONFIGS, ids=lambda p: osp.relpath(p, ROOT))
