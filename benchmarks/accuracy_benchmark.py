@@ -226,13 +226,20 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
-def _row_config(path: str, detector_cfg: str, bits: int, method: str, num_images: int) -> int:
-    """Write the row's config; returns its number of calibration images."""
-    base, scope, seed, images = split_method(method)
-    num_images = images or num_images
+def row_quant_cfg(bits: int, method: str) -> dict:
+    """The ``quant_cfg`` a row of ``method`` (with its suffixes) runs at ``bits``."""
+    base, scope, seed, _ = split_method(method)
     quant = dict(w_bits=bits, a_bits=bits, softmax='adalog', gelu='adalog', calibrator='fpcs',
                  scope=scope, **({} if seed is None else dict(seed=seed)))
     quant.update(METHODS[base])
+    return quant
+
+
+def _row_config(path: str, detector_cfg: str, bits: int, method: str, num_images: int) -> int:
+    """Write the row's config; returns its number of calibration images."""
+    _, _, seed, images = split_method(method)
+    num_images = images or num_images
+    quant = row_quant_cfg(bits, method)
     text = (f"_base_ = [{osp.join(ROOT, detector_cfg)!r},\n"
             f"          {osp.join(ROOT, 'configs/_base_/quant/w4a4_adalog.py')!r}]\n"
             f'quant_cfg = dict(_delete_=True, **{quant!r})\n')

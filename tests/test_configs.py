@@ -16,9 +16,10 @@ from mmq.models.transform import count_quant_layers
 
 ROOT = osp.join(osp.dirname(__file__), '..', 'configs')
 BENCHMARK = osp.join(osp.dirname(__file__), '..', 'benchmarks', 'accuracy_benchmark.py')
-# Demo configs that reproduce an accuracy-benchmark row calibrated on more than 32 images.
+# Demo configs that reproduce an accuracy-benchmark row (bits, method) calibrated on more than
+# 32 images.
 ROW_REPRODUCERS = {'mask-rcnn_dinov2-vits14_w4a4-aphq-tokens7-g16_shapes.py':
-                   'adalog-fpcs-tokens7-g16+mr+rec-long#n256'}
+                   (4, 'adalog-fpcs-tokens7-g16+mr+rec-long#n256')}
 DETECTOR_CONFIGS = sorted(
     p for p in glob.glob(osp.join(ROOT, '**', '*.py'), recursive=True)
     if '_base_' not in p.split(osp.sep))
@@ -92,10 +93,10 @@ def test_demo_config_reproduces_its_benchmark_row(name):
     spec = importlib.util.spec_from_file_location('accuracy_benchmark', BENCHMARK)
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
-    method, scope, seed, images = bench.split_method(ROW_REPRODUCERS[name])
+    bits, method = ROW_REPRODUCERS[name]
+    _, _, seed, images = bench.split_method(method)
     cfg = Config.fromfile(osp.join(ROOT, 'demo', name))
-    row = QuantConfig.from_dict(dict(w_bits=4, a_bits=4, scope=scope, seed=seed or 0,
-                                     **bench.METHODS[method]))
+    row = QuantConfig.from_dict(bench.row_quant_cfg(bits, method))
     assert QuantConfig.from_dict(cfg.quant_cfg) == row
     hook = cfg.custom_hooks[0]
     assert (hook['num_images'], hook['seed']) == (images, seed or 0)
