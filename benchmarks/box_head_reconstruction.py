@@ -1,18 +1,20 @@
 """What the W4A4 RoI box head costs at detector scope, and what reconstructing it wins back.
 
     python benchmarks/box_head_reconstruction.py --row WORK_DIR [--eval-before] [--probe]
-        [--rois 128] [--iters N] [--seed N]
+        [--rois 128] [--iters N] [--seed N] [--no-reconstruct]
 
 ``WORK_DIR`` is an accuracy-benchmark row at detector scope that ran the 'reconstruct' stage
 (its ``stage_reconstruct.pth``: backbone blocks and neck reconstructed, RPN and RoI heads at
 their calibration, as the published pipeline leaves them). The script
 
-- with ``--probe``, evaluates that state with each head's quantizers switched off in turn
-  (RPN, box head, mask head): which head's quantization costs the AP;
-- reconstructs the box head(s) on the row's own calibration images and seed
-  (:func:`mmq.calibration.box_head_reconstruction.reconstruct_box_heads`, the row's
-  reconstruction schedule, ``reconstruct.box_head=True``), towards the original float
-  model's head outputs (the float checkpoint, also when the row ran MR), and evaluates it.
+- with ``--probe``, evaluates that state with each part's quantizers switched off in turn
+  (RPN, box head, mask head, neck, then all four at once: the row's backbone with a float
+  neck and heads): which part's quantization costs the AP;
+- unless ``--no-reconstruct``, reconstructs the box head(s) on the row's own calibration
+  images and seed (:func:`mmq.calibration.box_head_reconstruction.reconstruct_box_heads`,
+  the row's reconstruction schedule, ``reconstruct.box_head=True``), towards the original
+  float model's head outputs (the float checkpoint, also when the row ran MR), and
+  evaluates it.
 
 Prints box / mask AP on the shapes val set (mmdet's metric); one thread.
 """
@@ -44,8 +46,10 @@ def main() -> None:
     parser.add_argument('--rois', type=int, default=128, help='RoIs per image')
     parser.add_argument('--iters', type=int, help="steps (default: the row's schedule)")
     parser.add_argument('--eval-before', action='store_true', help='evaluate the row first')
-    parser.add_argument('--probe', action='store_true', help='each head float in turn')
+    parser.add_argument('--probe', action='store_true', help='each part float in turn')
     parser.add_argument('--seed', type=int, help="reconstruction seed (default: the row's)")
+    parser.add_argument('--no-reconstruct', action='store_true',
+                        help='only --eval-before / --probe')
     args = parser.parse_args()
     torch.set_num_threads(1)
     state = osp.join(args.row, 'stage_reconstruct.pth')
@@ -60,14 +64,18 @@ def main() -> None:
     if args.eval_before:
         evaluate(runner, 'as saved (box head calibrated)')
     if args.probe:
-        heads = dict(rpn=model.rpn_head, box=model.roi_head.bbox_head,
-                     mask=model.roi_head.mask_head)
-        for name, head in heads.items():
-            for q in quantizers(head):
+        parts = dict(rpn=[model.rpn_head], box=[model.roi_head.bbox_head],
+                     mask=[model.roi_head.mask_head], neck=[model.neck])
+        parts['neck and heads'] = [model.neck, model.rpn_head, model.roi_head]
+        for name, modules in parts.items():
+            qs = [q for m in modules for q in quantizers(m)]
+            for q in qs:
                 q.enabled = False
-            evaluate(runner, f'{name} head float')
-            for q in quantizers(head):
+            evaluate(runner, f'{name} float')
+            for q in qs:
                 q.enabled = True
+    if args.no_reconstruct:
+        return
     hook = QuantCalibrationHook(num_images=hook_cfg.get('num_images', 32),
                                 seed=hook_cfg.get('seed', 0))
     batches = [model.data_preprocessor(b, False) for b in hook.calibration_loader(runner)]
