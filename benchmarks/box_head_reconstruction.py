@@ -1,15 +1,16 @@
 """What the W4A4 RoI box head costs at detector scope, and what reconstructing it wins back.
 
-    python benchmarks/box_head_reconstruction.py --row WORK_DIR [--eval-before] [--probe]
-        [--rois 128] [--iters N] [--seed N] [--no-reconstruct]
+    python benchmarks/box_head_reconstruction.py --row WORK_DIR [--eval-before]
+        [--probe [PART ...]] [--rois 128] [--iters N] [--seed N] [--no-reconstruct]
 
 ``WORK_DIR`` is an accuracy-benchmark row at detector scope that ran the 'reconstruct' stage
 (its ``stage_reconstruct.pth``: backbone blocks and neck reconstructed, RPN and RoI heads at
 their calibration, as the published pipeline leaves them). The script
 
 - with ``--probe``, evaluates that state with each part's quantizers switched off in turn
-  (RPN, box head, mask head, neck, then all four at once: the row's backbone with a float
-  neck and heads): which part's quantization costs the AP;
+  (``rpn``, ``box`` head, ``mask`` head, ``neck``, then ``all`` four at once: the row's
+  backbone with a float neck and heads; ``--probe all`` runs that one only): which part's
+  quantization costs the AP;
 - unless ``--no-reconstruct``, reconstructs the box head(s) on the row's own calibration
   images and seed (:func:`mmq.calibration.box_head_reconstruction.reconstruct_box_heads`,
   the row's reconstruction schedule, ``reconstruct.box_head=True``), towards the original
@@ -32,6 +33,8 @@ from mmq.config import QuantConfig
 from mmq.hooks import QuantCalibrationHook
 from mmq.models.transform import quantizers
 
+PARTS = ('rpn', 'box', 'mask', 'neck', 'all')
+
 
 def evaluate(runner: Runner, label: str) -> dict:
     metrics = runner.test()
@@ -46,7 +49,8 @@ def main() -> None:
     parser.add_argument('--rois', type=int, default=128, help='RoIs per image')
     parser.add_argument('--iters', type=int, help="steps (default: the row's schedule)")
     parser.add_argument('--eval-before', action='store_true', help='evaluate the row first')
-    parser.add_argument('--probe', action='store_true', help='each part float in turn')
+    parser.add_argument('--probe', nargs='*', choices=PARTS,
+                        help='these parts float in turn (no name: every one)')
     parser.add_argument('--seed', type=int, help="reconstruction seed (default: the row's)")
     parser.add_argument('--no-reconstruct', action='store_true',
                         help='only --eval-before / --probe')
@@ -63,15 +67,16 @@ def main() -> None:
     model = runner.model
     if args.eval_before:
         evaluate(runner, 'as saved (box head calibrated)')
-    if args.probe:
+    if args.probe is not None:
         parts = dict(rpn=[model.rpn_head], box=[model.roi_head.bbox_head],
                      mask=[model.roi_head.mask_head], neck=[model.neck])
-        parts['neck and heads'] = [model.neck, model.rpn_head, model.roi_head]
-        for name, modules in parts.items():
+        parts['all'] = [model.neck, model.rpn_head, model.roi_head]
+        for name in args.probe or PARTS:
+            modules = parts[name]
             qs = [q for m in modules for q in quantizers(m)]
             for q in qs:
                 q.enabled = False
-            evaluate(runner, f'{name} float')
+            evaluate(runner, 'neck and heads float' if name == 'all' else f'{name} float')
             for q in qs:
                 q.enabled = True
     if args.no_reconstruct:
