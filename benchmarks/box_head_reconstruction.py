@@ -66,7 +66,7 @@ def main() -> None:
                      if 'QuantCalibrationHook' in str(h.get('type'))), {})
     model = runner.model
     if args.eval_before:
-        evaluate(runner, 'as saved (box head calibrated)')
+        evaluate(runner, 'as saved')
     if args.probe is not None:
         parts = dict(rpn=[model.rpn_head], box=[model.roi_head.bbox_head],
                      mask=[model.roi_head.mask_head], neck=[model.neck])
