@@ -24,9 +24,8 @@ import os.path as osp
 import time
 
 import torch
-from mmengine.runner import Runner
 
-from dinov2_demo import row_runner
+from dinov2_demo import evaluate_runner, row_runner
 from mmq.calibration.activation_store import ActivationStore
 from mmq.calibration.box_head_reconstruction import reconstruct_box_heads
 from mmq.config import QuantConfig
@@ -34,13 +33,6 @@ from mmq.hooks import QuantCalibrationHook
 from mmq.models.transform import quantizers
 
 PARTS = ('rpn', 'box', 'mask', 'neck', 'all')
-
-
-def evaluate(runner: Runner, label: str) -> dict:
-    metrics = runner.test()
-    print(f"{label}: box AP {metrics['coco/bbox_mAP']:.3f}, mask AP "
-          f"{metrics['coco/segm_mAP']:.3f}", flush=True)
-    return metrics
 
 
 def main() -> None:
@@ -66,7 +58,7 @@ def main() -> None:
                      if 'QuantCalibrationHook' in str(h.get('type'))), {})
     model = runner.model
     if args.eval_before:
-        evaluate(runner, 'as saved')
+        evaluate_runner(runner, 'as saved')
     if args.probe is not None:
         parts = dict(rpn=[model.rpn_head], box=[model.roi_head.bbox_head],
                      mask=[model.roi_head.mask_head], neck=[model.neck])
@@ -76,7 +68,7 @@ def main() -> None:
             qs = [q for m in modules for q in quantizers(m)]
             for q in qs:
                 q.enabled = False
-            evaluate(runner, 'neck and heads float' if name == 'all' else f'{name} float')
+            evaluate_runner(runner, 'neck and heads float' if name == 'all' else f'{name} float')
             for q in qs:
                 q.enabled = True
     if args.no_reconstruct:
@@ -100,7 +92,7 @@ def main() -> None:
         print(f"{r['unit']}: MSE {r['loss_before']:.4g} -> {r['loss_after']:.4g} "
               f"(reverted: {r['reverted']}), {len(batches)} images x {args.rois} RoIs, "
               f'{opts.iters} steps, {time.perf_counter() - start:.1f} s', flush=True)
-    evaluate(runner, 'box head reconstructed')
+    evaluate_runner(runner, 'box head reconstructed')
 
 
 if __name__ == '__main__':

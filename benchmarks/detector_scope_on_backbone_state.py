@@ -36,6 +36,7 @@ import torch
 from mmengine.config import Config
 from mmengine.runner import Runner, load_checkpoint
 
+from dinov2_demo import evaluate_runner
 from mmq.calibration.activation_store import ActivationStore
 from mmq.calibration.box_head_reconstruction import reconstruct_box_heads
 from mmq.calibration.detector_calibration import calibrate_neck_and_heads
@@ -45,13 +46,6 @@ from mmq.calibration.reconstruction_stage import reconstruct_neck
 from mmq.config import QuantConfig
 from mmq.hooks import QuantCalibrationHook
 from mmq.models.transform import quantizers
-
-
-def evaluate(runner: Runner, label: str) -> dict:
-    metrics = runner.test()
-    print(f"{label}: box AP {metrics['coco/bbox_mAP']:.3f}, mask AP "
-          f"{metrics['coco/segm_mAP']:.3f}", flush=True)
-    return metrics
 
 
 def load_backbone_state(model: torch.nn.Module, path: str) -> None:
@@ -85,8 +79,7 @@ def main() -> None:
         raise SystemExit(f'{args.row} is not a backbone-scope row with reconstruction.')
     det = qcfg.to_dict()
     det['scope'] = 'detector'
-    det.setdefault('reconstruct', {})
-    det['reconstruct'] = dict(det['reconstruct'] or {}, box_head=not args.no_box_head)
+    det['reconstruct'] = dict(det.get('reconstruct') or {}, box_head=not args.no_box_head)
     det_qcfg = QuantConfig.from_dict(det)
     cfg = copy.deepcopy(row_cfg)
     cfg.custom_hooks = []  # the saved states are loaded below
@@ -121,7 +114,7 @@ def main() -> None:
     if args.float_probe:
         for q in outside:
             q.enabled = False
-        evaluate(runner, 'reconstructed backbone, float neck and heads')
+        evaluate_runner(runner, 'reconstructed backbone, float neck and heads')
         for q in outside:
             q.enabled = True
     opts = det_qcfg.reconstruct_options()
@@ -141,7 +134,7 @@ def main() -> None:
               f"(reverted: {r['reverted']}), {r['seconds']:.1f} s", flush=True)
     print(f'detector-scope stages: {time.perf_counter() - start:.1f} s', flush=True)
     model.eval()
-    evaluate(runner, 'reconstructed backbone, W4A4 neck and heads (detector scope)')
+    evaluate_runner(runner, 'reconstructed backbone, W4A4 neck and heads (detector scope)')
 
 
 if __name__ == '__main__':

@@ -59,6 +59,14 @@ def row_runner(row: str, state: str, prefix: str, float_copy: bool = False
     return runner, partial, row_cfg, fp_model
 
 
+def evaluate_runner(runner: Runner, label: str) -> dict:
+    """``runner.test()`` (mmdet's metric on the row's test set); prints box / mask AP."""
+    metrics = runner.test()
+    print(f"{label}: box AP {metrics['coco/bbox_mAP']:.3f}, mask AP "
+          f"{metrics['coco/segm_mAP']:.3f}", flush=True)
+    return metrics
+
+
 def calibrated_detector(state: str) -> nn.Module:
     """The float detector with a calibration stage's saved state (``stage_calibrate.pth`` of
     an accuracy-benchmark row) loaded, eval mode."""
