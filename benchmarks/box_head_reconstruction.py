@@ -25,11 +25,10 @@ import time
 
 import torch
 
-from dinov2_demo import evaluate_runner, row_runner
+from dinov2_demo import evaluate_runner, row_calibration_batches, row_runner
 from mmq.calibration.activation_store import ActivationStore
 from mmq.calibration.box_head_reconstruction import reconstruct_box_heads
 from mmq.config import QuantConfig
-from mmq.hooks import QuantCalibrationHook
 from mmq.models.transform import quantizers
 
 PARTS = ('rpn', 'box', 'mask', 'neck', 'all')
@@ -54,8 +53,6 @@ def main() -> None:
     qcfg = QuantConfig.from_dict(partial['quant_cfg'])
     if qcfg.scope != 'detector':
         raise SystemExit(f'{args.row} is a {qcfg.scope}-scope row: its heads are float.')
-    hook_cfg = next((h for h in row_cfg.get('custom_hooks', [])
-                     if 'QuantCalibrationHook' in str(h.get('type'))), {})
     model = runner.model
     if args.eval_before:
         evaluate_runner(runner, 'as saved')
@@ -73,9 +70,7 @@ def main() -> None:
                 q.enabled = True
     if args.no_reconstruct:
         return
-    hook = QuantCalibrationHook(num_images=hook_cfg.get('num_images', 32),
-                                seed=hook_cfg.get('seed', 0))
-    batches = [model.data_preprocessor(b, False) for b in hook.calibration_loader(runner)]
+    batches = row_calibration_batches(runner, row_cfg)
     opts = qcfg.reconstruct_options()
     opts.box_head, opts.box_head_rois = True, args.rois
     if args.iters:

@@ -27,16 +27,13 @@ float neck and heads (the backbone-scope row itself) in the same process.
 Prints box / mask AP; one thread.
 """
 import argparse
-import copy
 import os.path as osp
-import tempfile
 import time
 
 import torch
 from mmengine.config import Config
-from mmengine.runner import Runner, load_checkpoint
 
-from dinov2_demo import evaluate_runner
+from dinov2_demo import evaluate_runner, row_calibration_batches, row_test_runner
 from mmq.calibration.activation_store import ActivationStore
 from mmq.calibration.box_head_reconstruction import reconstruct_box_heads
 from mmq.calibration.detector_calibration import calibrate_neck_and_heads
@@ -44,7 +41,6 @@ from mmq.calibration.quantize import prepare
 from mmq.calibration.quantized_state import load_partial_state
 from mmq.calibration.reconstruction_stage import reconstruct_neck
 from mmq.config import QuantConfig
-from mmq.hooks import QuantCalibrationHook
 from mmq.models.transform import quantizers
 
 
@@ -81,21 +77,10 @@ def main() -> None:
     det['scope'] = 'detector'
     det['reconstruct'] = dict(det.get('reconstruct') or {}, box_head=not args.no_box_head)
     det_qcfg = QuantConfig.from_dict(det)
-    cfg = copy.deepcopy(row_cfg)
-    cfg.custom_hooks = []  # the saved states are loaded below
-    cfg.load_from = None
-    cfg.model.backbone.pretrained = None
-    cfg.work_dir = tempfile.mkdtemp(prefix='mmq_detector_scope_')
-    runner = Runner.from_cfg(cfg)
+    runner, fp_model = row_test_runner(row_cfg, 'mmq_detector_scope_', float_copy=True)
     model = runner.model
-    fp_model = copy.deepcopy(model).eval()  # the original float model (before MR)
-    load_checkpoint(fp_model, row_cfg.load_from, map_location='cpu', logger='silent')
     prepare(model, det_qcfg)
-    hook_cfg = next((h for h in row_cfg.get('custom_hooks', [])
-                     if 'QuantCalibrationHook' in str(h.get('type'))), {})
-    hook = QuantCalibrationHook(num_images=hook_cfg.get('num_images', 32),
-                                seed=hook_cfg.get('seed', 0))
-    batches = [model.data_preprocessor(b, False) for b in hook.calibration_loader(runner)]
+    batches = row_calibration_batches(runner, row_cfg)
     names = {id(m): name for name, m in model.named_modules()}
     start = time.perf_counter()
     load_backbone_state(model, osp.join(args.row, 'stage_calibrate.pth'))
@@ -106,10 +91,8 @@ def main() -> None:
           f"{report['seconds']:.1f} s", flush=True)
     outside = [q for part in (model.neck, model.rpn_head, model.roi_head)
                for q in quantizers(part)]
-    kept = {k: v.clone() for k, v in model.state_dict().items()
-            if not k.startswith('backbone.')}
+    # The saved state holds no neck / heads quantizer buffers: their calibration stays.
     load_backbone_state(model, osp.join(args.row, 'stage_reconstruct.pth'))
-    model.load_state_dict(kept, strict=False)  # the calibrated neck and heads stay
     model.eval()
     if args.float_probe:
         for q in outside:

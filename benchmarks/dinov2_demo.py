@@ -31,32 +31,52 @@ def float_detector() -> nn.Module:
     return model.float().eval()
 
 
-def row_runner(row: str, state: str, prefix: str, float_copy: bool = False
-               ) -> Tuple[Runner, dict, Config, Optional[nn.Module]]:
-    """A Runner on an accuracy-benchmark row's config (its test set and mmdet metric, a
-    temporary work dir named ``prefix``...) whose model holds the row's saved stage ``state``
-    (quantizers prepared, eval mode). Returns the runner, the saved partial state, the row's
-    config as written (hooks, checkpoint) and, with ``float_copy``, the float detector as built
-    before any quantization (MR included), with the row's checkpoint."""
-    partial = load_partial_state(state)
-    if partial is None:
-        raise SystemExit(f'{state} does not exist: run that accuracy-benchmark row first.')
-    row_cfg = Config.fromfile(osp.join(row, 'config.py'))
+def row_test_runner(row_cfg: Config, prefix: str, float_copy: bool = False
+                    ) -> Tuple[Runner, Optional[nn.Module]]:
+    """A Runner on an accuracy-benchmark row's config as written (``row_cfg``: its test set
+    and mmdet metric; no calibration hook, no checkpoint loaded, a temporary work dir named
+    ``prefix``...) and, with ``float_copy``, the float detector as built before any
+    quantization (MR included), with the row's checkpoint."""
     cfg = copy.deepcopy(row_cfg)
-    cfg.custom_hooks = []  # the saved state is loaded below, not calibrated again
+    cfg.custom_hooks = []  # saved states are loaded by the caller, not calibrated again
     cfg.load_from = None
     cfg.model.backbone.pretrained = None
     cfg.work_dir = tempfile.mkdtemp(prefix=prefix)
     runner = Runner.from_cfg(cfg)
-    model = runner.model
     fp_model = None
     if float_copy:
-        fp_model = copy.deepcopy(model).eval()
+        fp_model = copy.deepcopy(runner.model).eval()
         load_checkpoint(fp_model, row_cfg.load_from, map_location='cpu', logger='silent')
+    return runner, fp_model
+
+
+def row_runner(row: str, state: str, prefix: str, float_copy: bool = False
+               ) -> Tuple[Runner, dict, Config, Optional[nn.Module]]:
+    """:func:`row_test_runner` on the row in work dir ``row`` whose model holds the row's
+    saved stage ``state`` (quantizers prepared, eval mode). Returns the runner, the saved
+    partial state, the row's config as written (hooks, checkpoint) and the float copy."""
+    partial = load_partial_state(state)
+    if partial is None:
+        raise SystemExit(f'{state} does not exist: run that accuracy-benchmark row first.')
+    row_cfg = Config.fromfile(osp.join(row, 'config.py'))
+    runner, fp_model = row_test_runner(row_cfg, prefix, float_copy)
+    model = runner.model
     prepare(model, QuantConfig.from_dict(partial['quant_cfg']))
     model.load_state_dict(partial['state_dict'])
     model.eval()
     return runner, partial, row_cfg, fp_model
+
+
+def row_calibration_batches(runner: Runner, row_cfg: Config) -> List[dict]:
+    """The row's calibration images (its hook's count and seed) as preprocessed detector
+    batches, as ``mmq.quantize`` receives them."""
+    from mmq.hooks import QuantCalibrationHook
+    hook_cfg = next((h for h in row_cfg.get('custom_hooks', [])
+                     if 'QuantCalibrationHook' in str(h.get('type'))), {})
+    hook = QuantCalibrationHook(num_images=hook_cfg.get('num_images', 32),
+                                seed=hook_cfg.get('seed', 0))
+    model = runner.model
+    return [model.data_preprocessor(b, False) for b in hook.calibration_loader(runner)]
 
 
 def evaluate_runner(runner: Runner, label: str) -> dict:
